@@ -1,0 +1,66 @@
+"""Routers on disk, like a PEFT adapter: elastic_config.json + router.safetensors."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from .config import ElasticConfig
+from .integrations.hf import attach, detach, model_signature, routers, runtime_of
+
+CONFIG_NAME = "elastic_config.json"
+WEIGHTS_NAME = "router.safetensors"
+
+
+def save_router(model, path) -> Path:
+    """Write the attached routers and their config to the directory `path` (created if needed)."""
+    rt = runtime_of(model)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {f"layers.{name}": t.detach().contiguous().cpu() for name, t in routers(model).state_dict().items()}
+    meta = rt.config.to_dict() | {"base_model": model_signature(model)}
+    _atomic_write(path / WEIGHTS_NAME, lambda f: save_file(state, f))
+    _atomic_write(path / CONFIG_NAME, lambda f: Path(f).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"))
+    return path
+
+
+def load_router(model, path):
+    """Load routers saved by `save_router` onto `model` (attaching them if needed). Returns the model."""
+    path = Path(path)
+    if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+        raise ValueError(f"{str(path)!r} is not a router directory: it needs {CONFIG_NAME} and {WEIGHTS_NAME} "
+                         "(written by save_router)")
+    meta = json.loads((path / CONFIG_NAME).read_text())
+    saved = meta.pop("base_model", None)
+    config = ElasticConfig.from_dict(meta)
+    ours = model_signature(model)
+    if saved is not None:
+        diff = [f"{k}: router {saved.get(k)!r} vs model {ours[k]!r}" for k in ours if saved.get(k) != ours[k]]
+        if diff:
+            raise ValueError(f"the router in {str(path)!r} was trained for another model ({'; '.join(diff)}); "
+                             "load it onto the model it was trained for, or train a router for this one")
+    if getattr(model, "elastic_runtime", None) is not None:
+        detach(model)
+    attach(model, config)
+    state = {k.removeprefix("layers."): v for k, v in load_file(path / WEIGHTS_NAME).items()}
+    try:
+        routers(model).load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"router weights in {str(path)!r} do not fit this model's routers: {err}") from None
+    return model
+
+
+def _atomic_write(target: Path, write) -> None:
+    """Write to a temporary file beside `target`, then rename: a crash never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,243 @@
+"""How a transformers model gets routers: hooks and one registered attention function.
+
+`attach` adds an `AttentionRouter` to every attention module (as the submodule `elastic_router`),
+hooks its k_proj (or k_norm where the architecture has one) to see the pre-RoPE keys, and
+switches the model to the attention implementation "elastic" registered in transformers'
+attention-function registry. Nothing of the modeling code is copied: new transformers releases
+keep working as long as the attention module calls the registry.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+from ..attention import FA, MODE_IDS, allowed_from_hf_mask, attention, head_masks
+from ..attention.masks import valid_keys
+from ..config import ElasticConfig
+from ..router import AttentionRouter
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+ATTN_IMPLEMENTATION = "elastic"
+
+
+class Runtime:
+    """What all layers of one attached model share: config, forced mode, backend."""
+
+    def __init__(self, config: ElasticConfig, previous_attn: str | None, num_layers: int, kv_heads: int):
+        self.config = config
+        self.previous_attn = previous_attn
+        self.num_layers = num_layers
+        self.kv_heads = kv_heads
+        self.forced: str | torch.Tensor | None = None  # None = router decides
+        self.backend = "sdpa"
+        self.capture_last_row = False  # retrieval scores need the last query's attention probs
+        self.layers: list[LayerState] = []
+        self.frozen: dict[str, bool] = {}  # requires_grad of backbone parameters before attach
+
+
+class LayerState:
+    """Per layer: the captured pre-RoPE keys and the decisions of the last prefill."""
+
+    def __init__(self, layer_idx: int, runtime: Runtime, router: AttentionRouter):
+        self.layer_idx = layer_idx
+        self.runtime = runtime
+        self.router = router
+        self.keys: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None  # [b, hk] router logits (None when forced)
+        self.decisions: torch.Tensor | None = None  # [b, hk] float r, straight-through in training
+        self.modes: torch.Tensor | None = None  # [b, hk] int FA / SSA / XA
+        self.density: torch.Tensor | None = None  # [b, hk] fraction of allowed pairs kept
+        self.last_row: torch.Tensor | None = None  # [b, hq, kv] probs of the last query
+
+    def route(self, allowed: torch.Tensor) -> None:
+        rt, b, hk = self.runtime, allowed.shape[0], self.runtime.kv_heads
+        dev = allowed.device
+        if rt.forced is None:
+            if self.keys is None:
+                raise RuntimeError(f"layer {self.layer_idx}: no key states were captured for the router; "
+                                   "was the model called through its forward()?")
+            keys = self.keys.reshape(self.keys.shape[0], self.keys.shape[1], hk, -1)
+            valid = valid_keys(allowed)[:, -keys.shape[1]:]
+            self.logits = self.router.logits(keys, valid)
+            r = self.router.decide(self.logits)
+        elif isinstance(rt.forced, torch.Tensor):
+            self.logits = None
+            r = rt.forced[self.layer_idx].to(dev, torch.float32).expand(b, hk)
+        else:
+            self.logits = None
+            r = torch.full((b, hk), 1.0 if rt.forced == "sparse" else 0.0, device=dev)
+        self.decisions = r
+        if rt.forced == "full":
+            self.modes = torch.full((b, hk), FA, device=dev)
+        else:
+            cfg = rt.config
+            self.modes = torch.where(r > 0.5, MODE_IDS[cfg.sparse_mode], MODE_IDS[cfg.retrieval_mode])
+
+
+def _density(mask: torch.Tensor, allowed: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """Per KV head, fraction of the allowed (query, key) pairs a mask keeps: [b, hk]."""
+    b, hq = mask.shape[:2]
+    kept = mask.sum(dim=(-1, -2)).float()  # [b, hq]
+    total = allowed.sum(dim=(-1, -2)).float().clamp(min=1)  # [b, 1]
+    return (kept / total).view(b, kv_heads, hq // kv_heads).mean(-1)
+
+
+def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+                              value: torch.Tensor, attention_mask: torch.Tensor | None,
+                              scaling: float | None = None, dropout: float = 0.0, **kwargs):
+    """The attention function transformers calls for every layer of an attached model.
+
+    query [b, hq, sq, d] and key/value [b, hk, skv, d] arrive after RoPE and the KV cache.
+    A call without earlier tokens (sq == skv) is a prefill: the router decides. Later calls
+    (decode steps, chunks) reuse the decisions stored for this layer and batch.
+    """
+    state: LayerState | None = getattr(module, "elastic_state", None)
+    if state is None:
+        raise RuntimeError("this attention module has no router: call elastic_attention.attach(model) "
+                           "instead of setting attn_implementation='elastic' by hand")
+    rt, cfg = state.runtime, state.runtime.config
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    b, hq, sq, _ = query.shape
+    skv = key.shape[2]
+    allowed = allowed_from_hf_mask(attention_mask, b, sq, skv, query.device)
+
+    prefill = sq == skv or state.modes is None or state.modes.shape[0] != b
+    if prefill:
+        state.route(allowed)
+    state.keys = None
+
+    mixing = rt.forced is None and state.router.training
+    if mixing:
+        # Training: both modes run; the straight-through r mixes them so gradients reach the router.
+        full_ids = torch.full_like(state.modes, MODE_IDS[cfg.retrieval_mode])
+        sparse_ids = torch.full_like(state.modes, MODE_IDS[cfg.sparse_mode])
+        full_mask = head_masks(full_ids, allowed, query, key, scale, cfg)
+        sparse_mask = head_masks(sparse_ids, allowed, query, key, scale, cfg)
+        out_full = attention(query, key, value, full_mask, scale, rt.backend)
+        out_sparse = attention(query, key, value, sparse_mask, scale, rt.backend)
+        r = state.decisions.repeat_interleave(hq // rt.kv_heads, dim=1)[:, :, None, None].to(query.dtype)
+        out = r * out_sparse + (1 - r) * out_full
+        if prefill:
+            hard = state.decisions > 0.5
+            state.density = torch.where(hard, _density(sparse_mask, allowed, rt.kv_heads),
+                                        _density(full_mask, allowed, rt.kv_heads)).detach()
+        mask = torch.where((r > 0.5), sparse_mask, full_mask)
+    else:
+        mask = head_masks(state.modes, allowed, query, key, scale, cfg)
+        out = attention(query, key, value, mask, scale, rt.backend)
+        if prefill:
+            state.density = _density(mask, allowed, rt.kv_heads)
+
+    if rt.capture_last_row:
+        state.last_row = _last_row_probs(query, key, mask, scale)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _last_row_probs(query, key, mask, scale):
+    k = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1).float()
+    scores = torch.matmul(query[:, :, -1:].float(), k.transpose(-1, -2)) * scale
+    last = mask[:, :, -1:]
+    return torch.softmax(scores.masked_fill(~last, float("-inf")), dim=-1)[:, :, 0]
+
+
+def _register() -> None:
+    AttentionInterface.register(ATTN_IMPLEMENTATION, elastic_attention_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, sdpa_mask)  # bool masks, True = attend
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The model's self-attention modules, ordered by layer index."""
+    mods = [m for m in model.modules() if hasattr(m, "k_proj") and hasattr(m, "layer_idx")]
+    return sorted(mods, key=lambda m: m.layer_idx)
+
+
+def model_signature(model: nn.Module) -> dict:
+    """What a router must match to be loaded onto a model."""
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return {"model_type": cfg.model_type, "num_layers": cfg.num_hidden_layers,
+            "kv_heads": cfg.num_key_value_heads, "head_dim": head_dim}
+
+
+def check_supported(model: nn.Module) -> None:
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"model type {model_type!r} is not supported by elastic-attention; "
+                         f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}")
+
+
+def runtime_of(model: nn.Module) -> Runtime:
+    rt = getattr(model, "elastic_runtime", None)
+    if rt is None:
+        raise ValueError("this model has no routers attached: call elastic_attention.attach(model, config) first")
+    return rt
+
+
+def attach(model: nn.Module, config: ElasticConfig | None = None) -> nn.Module:
+    """Add one AttentionRouter per layer and route every KV head per prompt. Returns the model.
+
+    The backbone is frozen (requires_grad False): only router parameters train.
+    """
+    check_supported(model)
+    if getattr(model, "elastic_runtime", None) is not None:
+        raise ValueError("this model already has routers attached; call elastic_attention.detach(model) first")
+    config = config or ElasticConfig()
+    if not isinstance(config, ElasticConfig):
+        raise ValueError(f"config must be an ElasticConfig, got {type(config).__name__}")
+    sig = model_signature(model)
+    modules = attention_modules(model)
+    if len(modules) != sig["num_layers"]:
+        raise ValueError(f"found {len(modules)} attention modules but config.num_hidden_layers = "
+                         f"{sig['num_layers']}; is this a standard {sig['model_type']} model?")
+    _register()
+    rt = Runtime(config, getattr(model.config, "_attn_implementation", None), sig["num_layers"], sig["kv_heads"])
+    rt.frozen = {name: p.requires_grad for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for attn in modules:
+        weight = attn.k_proj.weight
+        router = AttentionRouter(sig["head_dim"], config.router_hidden_mult, config.pool_tokens)
+        router.to(device=weight.device)
+        router.train(attn.training)
+        attn.elastic_router = router
+        state = LayerState(attn.layer_idx, rt, router)
+        attn.elastic_state = state
+        key_source = attn.k_norm if hasattr(attn, "k_norm") else attn.k_proj  # Qwen3 routes on normed keys
+        state.hook = key_source.register_forward_hook(_capture_keys(state))
+        rt.layers.append(state)
+    model.elastic_runtime = rt
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    if model.config._attn_implementation != ATTN_IMPLEMENTATION:  # older releases: set it directly
+        model.config._attn_implementation = ATTN_IMPLEMENTATION
+    return model
+
+
+def _capture_keys(state: LayerState):
+    def hook(module, inputs, output):
+        state.keys = output
+    return hook
+
+
+def detach(model: nn.Module) -> nn.Module:
+    """Remove the routers and restore the model's attention implementation and trainable flags."""
+    rt = runtime_of(model)
+    for attn in attention_modules(model):
+        attn.elastic_state.hook.remove()
+        del attn.elastic_state
+        del attn.elastic_router
+    for name, p in model.named_parameters():
+        p.requires_grad_(rt.frozen.get(name, p.requires_grad))
+    del model.elastic_runtime
+    if rt.previous_attn is not None:
+        model.set_attn_implementation(rt.previous_attn)
+    return model
+
+
+def routers(model: nn.Module) -> nn.ModuleList:
+    """The attached routers in layer order, as one ModuleList (for optimisers and saving)."""
+    runtime_of(model)
+    return nn.ModuleList([attn.elastic_router for attn in attention_modules(model)])
