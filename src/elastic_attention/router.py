@@ -60,7 +60,9 @@ class AttentionRouter(nn.Module):
         g = gumbel_noise(logits.shape, logits.device, generator)
         soft = torch.sigmoid((logits + g) / self.tau)
         hard = (soft > 0.5).float()
-        return hard + soft - soft.detach()
+        # (hard - s) + s is exact in floating point (Sterbenz), so r is exactly 0 or 1 in value;
+        # (hard + s) - s would round, giving r = 0.99999994 for some s.
+        return hard - soft.detach() + soft
 
 
 @dataclass

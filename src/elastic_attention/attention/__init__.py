@@ -1,8 +1,8 @@
 """Attention modes (FA, SSA, XA): masks, the exact reference, and backend dispatch."""
 
-from .dispatch import BACKENDS, attention, sdpa_attention
+from .dispatch import BACKENDS, attention, hybrid_attention, sdpa_attention
 from .masks import FA, MODE_IDS, SSA, XA, allowed_from_hf_mask, head_masks, ssa_mask, xa_mask
 from .reference import masked_attention
 
 __all__ = ["BACKENDS", "FA", "MODE_IDS", "SSA", "XA", "allowed_from_hf_mask", "attention",
-           "head_masks", "masked_attention", "sdpa_attention", "ssa_mask", "xa_mask"]
+           "head_masks", "hybrid_attention", "masked_attention", "sdpa_attention", "ssa_mask", "xa_mask"]

@@ -14,8 +14,8 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-from ..attention import FA, MODE_IDS, allowed_from_hf_mask, attention, head_masks
-from ..attention.masks import valid_keys
+from ..attention import FA, MODE_IDS, allowed_from_hf_mask, attention, hybrid_attention
+from ..attention.masks import mode_mask, valid_keys
 from ..config import ElasticConfig
 from ..router import AttentionRouter
 
@@ -52,37 +52,75 @@ class LayerState:
         self.density: torch.Tensor | None = None  # [b, hk] fraction of allowed pairs kept
         self.last_row: torch.Tensor | None = None  # [b, hq, kv] probs of the last query
 
-    def route(self, allowed: torch.Tensor) -> None:
-        rt, b, hk = self.runtime, allowed.shape[0], self.runtime.kv_heads
-        dev = allowed.device
+    def route(self, valid: torch.Tensor | None, batch: int, device) -> None:
+        """Decide every KV head's mode for this prefill. valid: [b, s] real (non-padding) keys or None."""
+        rt, hk = self.runtime, self.runtime.kv_heads
         if rt.forced is None:
             if self.keys is None:
                 raise RuntimeError(f"layer {self.layer_idx}: no key states were captured for the router; "
                                    "was the model called through its forward()?")
             keys = self.keys.reshape(self.keys.shape[0], self.keys.shape[1], hk, -1)
-            valid = valid_keys(allowed)[:, -keys.shape[1]:]
+            if valid is not None:
+                valid = valid[:, -keys.shape[1]:]
             self.logits = self.router.logits(keys, valid)
             r = self.router.decide(self.logits)
         elif isinstance(rt.forced, torch.Tensor):
             self.logits = None
-            r = rt.forced[self.layer_idx].to(dev, torch.float32).expand(b, hk)
+            r = rt.forced[self.layer_idx].to(device, torch.float32).expand(batch, hk)
         else:
             self.logits = None
-            r = torch.full((b, hk), 1.0 if rt.forced == "sparse" else 0.0, device=dev)
+            r = torch.full((batch, hk), 1.0 if rt.forced == "sparse" else 0.0, device=device)
         self.decisions = r
         if rt.forced == "full":
-            self.modes = torch.full((b, hk), FA, device=dev)
+            self.modes = torch.full((batch, hk), FA, device=device)
         else:
             cfg = rt.config
             self.modes = torch.where(r > 0.5, MODE_IDS[cfg.sparse_mode], MODE_IDS[cfg.retrieval_mode])
 
 
-def _density(mask: torch.Tensor, allowed: torch.Tensor, kv_heads: int) -> torch.Tensor:
-    """Per KV head, fraction of the allowed (query, key) pairs a mask keeps: [b, hk]."""
-    b, hq = mask.shape[:2]
-    kept = mask.sum(dim=(-1, -2)).float()  # [b, hq]
-    total = allowed.sum(dim=(-1, -2)).float().clamp(min=1)  # [b, 1]
-    return (kept / total).view(b, kv_heads, hq // kv_heads).mean(-1)
+class ModeMasks:
+    """The masks of the modes one call needs, built once and shared by the heads of a mode."""
+
+    def __init__(self, hf_mask, query, key, scale, config):
+        b, _, sq, _ = query.shape
+        skv = key.shape[2]
+        self.plain_causal = hf_mask is None  # nothing padded: FA needs no mask at all
+        self.allowed = allowed_from_hf_mask(hf_mask, b, sq, skv, query.device)
+        self.query, self.key, self.scale, self.config = query, key, scale, config
+        self.cache: dict[int, torch.Tensor | None] = {}
+
+    def __getitem__(self, mode: int) -> torch.Tensor | None:
+        if mode not in self.cache:
+            if mode == FA and self.plain_causal:
+                self.cache[mode] = None
+            else:
+                self.cache[mode] = mode_mask(mode, self.allowed, self.query, self.key, self.scale, self.config)
+        return self.cache[mode]
+
+    def density(self, modes: torch.Tensor) -> torch.Tensor:
+        """[b, hk] fraction of the allowed (query, key) pairs each head's mode keeps."""
+        b, hk = modes.shape
+        # Count real query rows only: right-padding queries are no pairs of the prompt (ESR per sample).
+        real = valid_keys(self.allowed)[:, -self.allowed.shape[2]:][:, None, :, None]  # [b, 1, sq, 1]
+        total = torch.count_nonzero(self.allowed & real, dim=(-1, -2)).float().clamp(min=1)  # [b, 1]
+        out = torch.ones(b, hk, device=modes.device)
+        for mode in modes.unique().tolist():
+            if mode == FA:
+                continue
+            kept = torch.count_nonzero(self[mode] & real, dim=(-1, -2)).float() / total  # [b, 1 or hq]
+            kept = kept.view(b, -1, max(kept.shape[1] // hk, 1)).mean(-1).expand(b, hk)
+            out = torch.where(modes == mode, kept, out)
+        return out
+
+    def for_heads(self, modes: torch.Tensor) -> torch.Tensor:
+        """One mask per query head [b, hq, sq, skv] (used where per-head probabilities are needed)."""
+        hq = self.query.shape[1]
+        per_head = modes.repeat_interleave(hq // modes.shape[1], dim=1)[:, :, None, None]
+        out = self.allowed
+        for mode in modes.unique().tolist():
+            mask = self[mode]
+            out = torch.where(per_head == mode, self.allowed if mask is None else mask, out)
+        return out
 
 
 def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
@@ -101,38 +139,25 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
     rt, cfg = state.runtime, state.runtime.config
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     b, hq, sq, _ = query.shape
-    skv = key.shape[2]
-    allowed = allowed_from_hf_mask(attention_mask, b, sq, skv, query.device)
+    masks = ModeMasks(attention_mask, query, key, scale, cfg)
 
-    prefill = sq == skv or state.modes is None or state.modes.shape[0] != b
+    prefill = sq == key.shape[2] or state.modes is None or state.modes.shape[0] != b
     if prefill:
-        state.route(allowed)
+        state.route(None if masks.plain_causal else valid_keys(masks.allowed), b, query.device)
     state.keys = None
 
-    mixing = rt.forced is None and state.router.training
-    if mixing:
+    if rt.forced is None and state.router.training:
         # Training: both modes run; the straight-through r mixes them so gradients reach the router.
-        full_ids = torch.full_like(state.modes, MODE_IDS[cfg.retrieval_mode])
-        sparse_ids = torch.full_like(state.modes, MODE_IDS[cfg.sparse_mode])
-        full_mask = head_masks(full_ids, allowed, query, key, scale, cfg)
-        sparse_mask = head_masks(sparse_ids, allowed, query, key, scale, cfg)
-        out_full = attention(query, key, value, full_mask, scale, rt.backend)
-        out_sparse = attention(query, key, value, sparse_mask, scale, rt.backend)
+        out_full = attention(query, key, value, masks[MODE_IDS[cfg.retrieval_mode]], scale, rt.backend)
+        out_sparse = attention(query, key, value, masks[MODE_IDS[cfg.sparse_mode]], scale, rt.backend)
         r = state.decisions.repeat_interleave(hq // rt.kv_heads, dim=1)[:, :, None, None].to(query.dtype)
         out = r * out_sparse + (1 - r) * out_full
-        if prefill:
-            hard = state.decisions > 0.5
-            state.density = torch.where(hard, _density(sparse_mask, allowed, rt.kv_heads),
-                                        _density(full_mask, allowed, rt.kv_heads)).detach()
-        mask = torch.where((r > 0.5), sparse_mask, full_mask)
     else:
-        mask = head_masks(state.modes, allowed, query, key, scale, cfg)
-        out = attention(query, key, value, mask, scale, rt.backend)
-        if prefill:
-            state.density = _density(mask, allowed, rt.kv_heads)
-
+        out = hybrid_attention(query, key, value, state.modes, masks, scale, rt.backend)
+    if prefill:
+        state.density = masks.density(state.modes)
     if rt.capture_last_row:
-        state.last_row = _last_row_probs(query, key, mask, scale)
+        state.last_row = _last_row_probs(query, key, masks.for_heads(state.modes), scale)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -208,12 +233,20 @@ def attach(model: nn.Module, config: ElasticConfig | None = None) -> nn.Module:
         attn.elastic_state = state
         key_source = attn.k_norm if hasattr(attn, "k_norm") else attn.k_proj  # Qwen3 routes on normed keys
         state.hook = key_source.register_forward_hook(_capture_keys(state))
+        state.empty_hook = attn.register_forward_pre_hook(_reject_empty, with_kwargs=True)
         rt.layers.append(state)
     model.elastic_runtime = rt
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     if model.config._attn_implementation != ATTN_IMPLEMENTATION:  # older releases: set it directly
         model.config._attn_implementation = ATTN_IMPLEMENTATION
     return model
+
+
+def _reject_empty(module, args, kwargs):
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    if hidden is not None and hidden.shape[-2] == 0:
+        raise ValueError("empty prompt: the input has sequence length 0; elastic attention needs at least "
+                         "one token per prompt to route its heads")
 
 
 def _capture_keys(state: LayerState):
@@ -227,6 +260,7 @@ def detach(model: nn.Module) -> nn.Module:
     rt = runtime_of(model)
     for attn in attention_modules(model):
         attn.elastic_state.hook.remove()
+        attn.elastic_state.empty_hook.remove()
         del attn.elastic_state
         del attn.elastic_router
     for name, p in model.named_parameters():
