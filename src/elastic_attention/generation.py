@@ -22,6 +22,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _cache_of(output, name: str):
+    return output[name] if name in output else output["past_key_values"]
+
+
 @torch.no_grad()
 def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int = 32, eos_token_id=None,
                     progress: bool = False) -> Generation:
@@ -42,14 +46,14 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int = 32, eo
     prefill = time.perf_counter() - start
     tokens = [token.item()]
     start = time.perf_counter()
-    cache = out.past_key_values
-    # transformers 5.24 renamed the forward argument `past_key_values` to `cache`.
+    # transformers 5.24 renamed `past_key_values` to `cache` (the old name still works, with a warning).
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache = _cache_of(out, cache_arg)
     for _ in tqdm(range(max_new_tokens - 1), desc="decode", unit="tok", disable=not progress, leave=False):
         if tokens[-1] in stops:
             break
         out = model(input_ids=token, use_cache=True, **{cache_arg: cache})
-        cache = out.past_key_values
+        cache = _cache_of(out, cache_arg)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         tokens.append(token.item())
     _sync(device)

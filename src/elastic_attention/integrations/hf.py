@@ -31,9 +31,13 @@ class Runtime:
         self.previous_attn = previous_attn
         self.num_layers = num_layers
         self.kv_heads = kv_heads
-        self.forced: str | torch.Tensor | None = None  # None = router decides
+        self.forced: str | torch.Tensor | None = None  # None = router (or gate) decides
+        self.gate = None  # a StaticGate routes instead of the routers when set (see gate.py)
         self.backend = "sdpa"
         self.capture_last_row = False  # retrieval scores need the last query's attention probs
+        # [b, s] bool, True = token the routers may pool. The trainer marks the prompt so that routing
+        # in training sees what it sees at inference (the answer tokens are not yet there). None = all real tokens.
+        self.route_mask: torch.Tensor | None = None
         self.layers: list[LayerState] = []
         self.frozen: dict[str, bool] = {}  # requires_grad of backbone parameters before attach
 
@@ -55,11 +59,16 @@ class LayerState:
     def route(self, valid: torch.Tensor | None, batch: int, device) -> None:
         """Decide every KV head's mode for this prefill. valid: [b, s] real (non-padding) keys or None."""
         rt, hk = self.runtime, self.runtime.kv_heads
-        if rt.forced is None:
+        if rt.forced is None and rt.gate is not None:
+            self.logits = None
+            r = rt.gate.decide(self.layer_idx, batch)
+        elif rt.forced is None:
             if self.keys is None:
                 raise RuntimeError(f"layer {self.layer_idx}: no key states were captured for the router; "
                                    "was the model called through its forward()?")
             keys = self.keys.reshape(self.keys.shape[0], self.keys.shape[1], hk, -1)
+            if rt.route_mask is not None:
+                valid = rt.route_mask.to(keys.device)
             if valid is not None:
                 valid = valid[:, -keys.shape[1]:]
             self.logits = self.router.logits(keys, valid)
@@ -146,7 +155,8 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
         state.route(None if masks.plain_causal else valid_keys(masks.allowed), b, query.device)
     state.keys = None
 
-    if rt.forced is None and state.router.training:
+    learner = rt.gate if rt.gate is not None else state.router
+    if rt.forced is None and learner.training:
         # Training: both modes run; the straight-through r mixes them so gradients reach the router.
         out_full = attention(query, key, value, masks[MODE_IDS[cfg.retrieval_mode]], scale, rt.backend)
         out_sparse = attention(query, key, value, masks[MODE_IDS[cfg.sparse_mode]], scale, rt.backend)
