@@ -16,6 +16,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from ..attention import FA, MODE_IDS, allowed_from_hf_mask, attention, hybrid_attention
 from ..attention.masks import mode_mask, valid_keys
+from ..attention.kernels import hybrid_prefill, supported as fast_prefill_supported
 from ..config import ElasticConfig
 from ..router import AttentionRouter
 
@@ -33,7 +34,8 @@ class Runtime:
         self.kv_heads = kv_heads
         self.forced: str | torch.Tensor | None = None  # None = router (or gate) decides
         self.gate = None  # a StaticGate routes instead of the routers when set (see gate.py)
-        self.backend = "sdpa"
+        self.backend = "sdpa"  # attention backend of the masked path ("sdpa" or "reference")
+        self.fast_prefill = True  # on CUDA, prefill runs the fused kernels of attention/kernels
         self.capture_last_row = False  # retrieval scores need the last query's attention probs
         # [b, s] bool, True = token the routers may pool. The trainer marks the prompt so that routing
         # in training sees what it sees at inference (the answer tokens are not yet there). None = all real tokens.
@@ -162,6 +164,14 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
         out_sparse = attention(query, key, value, masks[MODE_IDS[cfg.sparse_mode]], scale, rt.backend)
         r = state.decisions.repeat_interleave(hq // rt.kv_heads, dim=1)[:, :, None, None].to(query.dtype)
         out = r * out_sparse + (1 - r) * out_full
+    elif (prefill and sq == key.shape[2] and query.is_cuda and rt.backend == "sdpa"
+          and rt.fast_prefill and not rt.capture_last_row
+          and kwargs.get("sliding_window") is None and fast_prefill_supported(query, key)):
+        # CUDA prefill: all heads from the decisions in fused kernels; density computed analytically.
+        pad = None if masks.plain_causal else masks.allowed[:, 0, -1, :]  # last row = real keys
+        out, state.density = hybrid_prefill(query, key, value, state.modes, cfg, scale,
+                                            key_padding=pad, return_density=True)
+        prefill = False  # density already set
     else:
         out = hybrid_attention(query, key, value, state.modes, masks, scale, rt.backend)
     if prefill:

@@ -1,0 +1,140 @@
+"""Whole-model prefill: random-weight Llama models, elastic (static 70 % sparse heads) vs plain SDPA.
+
+Usage (GPU): PYTHONPATH=src python benchmarks/model_prefill.py
+Writes benchmarks/results/model_prefill.json (and $OUT/model_prefill.json when OUT is set).
+
+Rows: the default model's shape (30 layers, hidden 576, 9 / 3 heads, d 64) at 8K, and an 8B-shaped
+model (hidden 4096, 32 / 8 heads, d 128, intermediate 14336, vocab 128256) with 5 layers (40 KV heads:
+MSR 0.7 = 28 SSA heads) at 32K and 64K. Heads are forced with force_mode(static bool mask). Columns:
+plain SDPA model; attached + fast path at MSR 0.7; attached + fast path forced full (MSR 0, overhead of
+routing + dispatch); attached with the old masked path (fast_prefill off) at MSR 0.7 where memory
+allows. Also times the router forward (pooling included) against one layer's attention at 32K.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import elastic_attention as ea
+from elastic_attention.attention import FA, SSA
+from elastic_attention.attention.kernels import hybrid_prefill
+from elastic_attention.config import ElasticConfig
+from elastic_attention.router import AttentionRouter
+
+MODELS = {
+    "default": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, vocab_size=49152, head_dim=64),
+    "llama8b-5L": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=5, num_attention_heads=32,
+                       num_key_value_heads=8, vocab_size=128256, head_dim=128),
+}
+
+
+def timed(fn, reps=5):
+    fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b))
+    return statistics.median(ts)
+
+
+def static_mask(layers, kv, msr, seed=0):
+    n = layers * kv
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    m = torch.zeros(n, dtype=torch.bool)
+    m[perm[:round(msr * n)]] = True
+    return m.view(layers, kv)
+
+
+def run_model(name, seq, old_path=True):
+    kw = MODELS[name]
+    cfg = LlamaConfig(max_position_embeddings=max(seq, 8192), rope_theta=500000.0, **kw)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).eval()
+    torch.set_default_dtype(prev)
+    ids = torch.randint(1, kw["vocab_size"], (1, seq), device="cuda")
+    fwd = lambda: model(input_ids=ids, logits_to_keep=1, use_cache=False)  # noqa: E731
+    r = dict(card=torch.cuda.get_device_name(), model=name, S=seq, layers=kw["num_hidden_layers"])
+    with torch.no_grad():
+        r["sdpa_ms"] = timed(fwd)
+        ea.attach(model, ElasticConfig())
+        rt = model.elastic_runtime
+        mask = static_mask(kw["num_hidden_layers"], kw["num_key_value_heads"], 0.7)
+        r["msr_actual"] = mask.float().mean().item()
+        with ea.force_mode(model, mask):
+            r["elastic_ms"] = timed(fwd)
+            r["esr_last_layer"] = 1 - rt.layers[-1].density.mean().item()
+        with ea.force_mode(model, "full"):
+            r["elastic_full_ms"] = timed(fwd)
+        if old_path:
+            rt.fast_prefill = False
+            try:
+                with ea.force_mode(model, mask):
+                    r["old_path_ms"] = timed(fwd, reps=2)
+            except torch.OutOfMemoryError:
+                r["old_path_ms"] = None
+            rt.fast_prefill = True
+    r["speedup"] = r["sdpa_ms"] / r["elastic_ms"]
+    del model
+    torch.cuda.empty_cache()
+    return r
+
+
+def router_vs_attention(seq=32768):
+    out = []
+    for name, (hq, hk, d) in {"llama8b": (32, 8, 128), "default": (9, 3, 64)}.items():
+        router = AttentionRouter(d).cuda().eval()
+        keys = torch.randn(1, seq, hk, d, device="cuda", dtype=torch.bfloat16)
+        q = torch.randn(1, hq, seq, d, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(1, hk, seq, d, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        modes = torch.tensor([[SSA if i < round(0.7 * hk) else FA for i in range(hk)]], device="cuda")
+        with torch.no_grad():
+            t_router = timed(lambda: router.decide(router.logits(keys)), reps=20)
+            t_attn = timed(lambda: hybrid_prefill(q, k, v, modes, ElasticConfig(), d ** -0.5), reps=10)
+        out.append(dict(card=torch.cuda.get_device_name(), shape=name, S=seq, router_ms=t_router,
+                        attention_ms=t_attn, router_pct=100 * t_router / t_attn))
+        print(out[-1], flush=True)
+    return out
+
+
+def main():
+    rows = []
+    path = "benchmarks/results/model_prefill.json"
+
+    def dump():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        data = json.dumps(rows, indent=1)
+        open(path, "w").write(data)
+        if os.environ.get("OUT"):
+            open(os.path.join(os.environ["OUT"], "model_prefill.json"), "w").write(data)
+
+    rows.extend(router_vs_attention())
+    dump()
+    for name, seq, old in (("default", 8192, True), ("llama8b-5L", 32768, True), ("llama8b-5L", 65536, False)):
+        try:
+            rows.append(run_model(name, seq, old))
+        except torch.OutOfMemoryError as e:
+            rows.append(dict(model=name, S=seq, error=f"OOM: {str(e)[:120]}"))
+        print(rows[-1], flush=True)
+        dump()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Fast prefill kernels for hybrid attention (all heads of a layer from the per-KV-head decisions).
+
+`hybrid_prefill` is the entry point. Backends (measured against each other in
+benchmarks/prefill_attention.py, see docs/benchmarks.md):
+  "split"   default: SDPA (cuDNN / flash) on the FA heads on a side stream, concurrently with
+            FlexAttention on the sparse heads (per-head BlockMask from the decisions);
+  "flex"    FlexAttention on all heads, one launch (fallback; also the path with padding);
+  "triton"  one Triton kernel branching per program on its head's mode (candidate, kept for
+            measurement; not a default);
+  "split_triton" split dispatch with the Triton kernel as the sparse kernel (candidate).
+The exact reference (masks.py + reference.py) stays the CPU path and the oracle.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..masks import FA, XA
+from .blocks import density as analytic_density, padding_bounds
+from .flex import build_block_mask, flex_run
+from .xa import xa_select
+
+PREFILL_BACKENDS = ("split", "flex", "triton", "split_triton")
+DEFAULT_BACKEND = "split"
+_SIDE: dict = {}
+
+
+def _side_stream(device):
+    if device not in _SIDE:
+        _SIDE[device] = torch.cuda.Stream(device=device)
+    return _SIDE[device]
+
+
+def fa_runs(modes):
+    """[(row, h0, h1)] contiguous runs of FA KV heads per batch row; modes: [b, hk] list or tensor."""
+    runs = []
+    for row, ms in enumerate(modes.tolist() if isinstance(modes, torch.Tensor) else modes):
+        h = 0
+        while h < len(ms):
+            if ms[h] == FA:
+                h1 = h
+                while h1 < len(ms) and ms[h1] == FA:
+                    h1 += 1
+                runs.append((row, h, h1))
+                h = h1
+            else:
+                h += 1
+    return runs
+
+
+def supported(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Shapes and dtypes the fast path handles (others use the reference / SDPA path)."""
+    return (q.shape[2] == k.shape[2] and q.dtype in (torch.bfloat16, torch.float16)
+            and q.shape[-1] in (64, 128) and q.shape[1] % k.shape[1] == 0)
+
+
+def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tensor | None = None,
+                   backend: str | None = None, return_density: bool = False, kernel_options=None):
+    """Causal prefill attention, every KV head in its own mode; output [b, hq, s, d] in q's dtype.
+
+    q [b, hq, s, d]; k, v [b, hk, s, d] (GQA: never repeated); modes [b, hk] ints FA/SSA/XA;
+    key_padding [b, s] bool, True = real token (one contiguous run per row), or None. XA block
+    selection runs here (on q's device). With return_density, also returns [b, hk] the fraction of
+    allowed pairs each head keeps (ESR input), computed analytically.
+    """
+    backend = backend or DEFAULT_BACKEND
+    if backend not in PREFILL_BACKENDS:
+        raise ValueError(f"unknown prefill backend {backend!r}; use one of {PREFILL_BACKENDS}")
+    b, hq, s, d = q.shape
+    hk = k.shape[1]
+    g = hq // hk
+    padded = key_padding is not None and not bool(key_padding.all())
+    start, end = padding_bounds(key_padding if padded else None, b, s, q.device)
+    modes = modes.to(device=q.device, dtype=torch.int64)
+    modes_list = modes.tolist()  # the one host sync of the call
+    has_xa = any(XA in row for row in modes_list)
+    modes_q = modes.repeat_interleave(g, dim=1)
+    xa_keep = None
+    if has_xa:
+        xa_keep = xa_select(q, k, modes_q == XA, start, end, scale, config.xa_block, config.xa_stride,
+                            config.xa_threshold)
+    split = backend in ("split", "split_triton") and not padded
+    runs = fa_runs(modes_list) if split else []
+    if split and len(runs) == b and all(h1 - h0 == hk for _, h0, h1 in runs):  # all heads full
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=g > 1)
+    else:
+        skip_fa = split and bool(runs)
+        sparse = "triton" if backend in ("triton", "split_triton") else "flex"
+        on_cuda = q.is_cuda
+        side_results = []
+        if skip_fa:
+            main = torch.cuda.current_stream(q.device) if on_cuda else None
+            side = _side_stream(q.device) if on_cuda else None
+            if on_cuda:
+                side.wait_stream(main)
+            with torch.cuda.stream(side) if on_cuda else _null():
+                for row, h0, h1 in runs:
+                    r = F.scaled_dot_product_attention(
+                        q[row:row + 1, h0 * g:h1 * g], k[row:row + 1, h0:h1], v[row:row + 1, h0:h1],
+                        is_causal=True, scale=scale, enable_gqa=g > 1)
+                    side_results.append((row, h0, h1, r))
+        if sparse == "triton":
+            from .triton_hybrid import triton_hybrid
+            out = triton_hybrid(q, k, v, modes_q, start, end, config, scale, xa_keep, skip_fa, has_xa=has_xa)
+        else:
+            bm = build_block_mask(modes_q, start, end, s, config, xa_keep, skip_fa, has_xa=has_xa)
+            out = flex_run(q, k, v, bm, scale, kernel_options)
+        if skip_fa:
+            if on_cuda:
+                main.wait_stream(side)
+            for row, h0, h1, r in side_results:
+                if on_cuda:
+                    r.record_stream(main)
+                out[row:row + 1, h0 * g:h1 * g] = r
+    if return_density:
+        return out, analytic_density(modes, start, end, config, xa_keep if has_xa else None)
+    return out
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

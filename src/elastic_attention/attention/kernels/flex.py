@@ -1,0 +1,68 @@
+"""Candidate (a): PyTorch FlexAttention with a per-head BlockMask built from the decisions.
+
+The BlockMask comes from `blocks.block_lists` (analytic full / partial key-block lists per head,
+no dense mask); the mask_mod, evaluated only on partial blocks, branches on the head's mode.
+GQA runs natively (enable_gqa: K/V are never repeated). On CPU FlexAttention runs eagerly, which
+is how CI checks this path against the exact reference.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..masks import SSA, XA
+from .blocks import block_lists
+
+FLEX_BLOCK = 128
+
+
+def make_mask_mod(modes_q, start, end, sink: int, local: int, xa_keep=None, xa_block: int = 64):
+    """The token rule of every mode (see blocks.py), indexed by (batch, query head, q, kv)."""
+    def mask_mod(b, h, q_idx, kv_idx):
+        st, en = start[b], end[b]
+        hi = torch.minimum(q_idx, en - 1)
+        ok = (kv_idx >= st) & (kv_idx <= hi)
+        mode = modes_q[b, h]
+        ssa = (kv_idx < st + sink) | (kv_idx > hi - local)
+        sel = (mode != SSA) | ssa
+        if xa_keep is not None:
+            qb, kb = q_idx // xa_block, kv_idx // xa_block
+            xa = xa_keep[b, h, qb, kb] | (qb == kb) | (kb == st // xa_block)
+            sel = sel & ((mode != XA) | xa)
+        return ok & sel
+    return mask_mod
+
+
+def build_block_mask(modes_q, start, end, seq: int, config, xa_keep=None, skip_fa: bool = False,
+                     block: int = FLEX_BLOCK, has_xa: bool | None = None):
+    from torch.nn.attention.flex_attention import BlockMask
+
+    pc, pi, fc, fi = block_lists(modes_q, start, end, seq, config, block, block, xa_keep, skip_fa, has_xa)
+    mask_mod = make_mask_mod(modes_q.to(torch.int32), start, end, config.sink, config.local,
+                             xa_keep, config.xa_block)
+    kwargs = dict(BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(seq, seq))
+    try:
+        return BlockMask.from_kv_blocks(pc, pi, fc, fi, compute_q_blocks=False, **kwargs)
+    except TypeError:  # older torch without compute_q_blocks
+        return BlockMask.from_kv_blocks(pc, pi, fc, fi, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_run(q, k, v, block_mask, scale: float, kernel_options=None):
+    """FlexAttention (compiled on CUDA, eager elsewhere); rows with no kept key give zeros."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    gqa = q.shape[1] != k.shape[1]
+    fn = compiled_flex() if q.is_cuda else flex_attention
+    kw = {"kernel_options": kernel_options} if kernel_options else {}
+    return fn(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa, **kw)
