@@ -182,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=cmd_generate)
+
+    from .training.command import add_parsers as add_training_parsers  # train, make-data
+
+    add_training_parsers(sub)
     return parser
 
 
