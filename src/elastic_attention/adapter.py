@@ -22,27 +22,38 @@ def save_router(model, path) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {f"layers.{name}": t.detach().contiguous().cpu() for name, t in routers(model).state_dict().items()}
-    meta = rt.config.to_dict() | {"base_model": model_signature(model)}
     _atomic_write(path / WEIGHTS_NAME, lambda f: save_file(state, f))
-    _atomic_write(path / CONFIG_NAME, lambda f: Path(f).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"))
+    write_config(model, path)
     return path
 
 
-def load_router(model, path):
-    """Load routers saved by `save_router` onto `model` (attaching them if needed). Returns the model."""
-    path = Path(path)
-    if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
-        raise ValueError(f"{str(path)!r} is not a router directory: it needs {CONFIG_NAME} and {WEIGHTS_NAME} "
-                         "(written by save_router)")
+def write_config(model, path: Path) -> None:
+    """elastic_config.json: the ElasticConfig plus the shape of the base model it was trained on."""
+    meta = runtime_of(model).config.to_dict() | {"base_model": model_signature(model)}
+    _atomic_write(path / CONFIG_NAME, lambda f: Path(f).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"))
+
+
+def read_config(model, path: Path, weights_name: str, kind: str, writer: str) -> ElasticConfig:
+    """Read elastic_config.json of an adapter directory and check it was trained for `model`'s shape."""
+    if not (path / CONFIG_NAME).is_file() or not (path / weights_name).is_file():
+        raise ValueError(f"{str(path)!r} is not a {kind} directory: it needs {CONFIG_NAME} and {weights_name} "
+                         f"(written by {writer})")
     meta = json.loads((path / CONFIG_NAME).read_text())
     saved = meta.pop("base_model", None)
     config = ElasticConfig.from_dict(meta)
     ours = model_signature(model)
     if saved is not None:
-        diff = [f"{k}: router {saved.get(k)!r} vs model {ours[k]!r}" for k in ours if saved.get(k) != ours[k]]
+        diff = [f"{k}: {kind} {saved.get(k)!r} vs model {ours[k]!r}" for k in ours if saved.get(k) != ours[k]]
         if diff:
-            raise ValueError(f"the router in {str(path)!r} was trained for another model ({'; '.join(diff)}); "
-                             "load it onto the model it was trained for, or train a router for this one")
+            raise ValueError(f"the {kind} in {str(path)!r} was trained for another model ({'; '.join(diff)}); "
+                             f"load it onto the model it was trained for, or train a {kind} for this one")
+    return config
+
+
+def load_router(model, path):
+    """Load routers saved by `save_router` onto `model` (attaching them if needed). Returns the model."""
+    path = Path(path)
+    config = read_config(model, path, WEIGHTS_NAME, "router", "save_router")
     if getattr(model, "elastic_runtime", None) is not None:
         detach(model)
     attach(model, config)

@@ -6,15 +6,14 @@ that shows what per-prompt routing adds. Saved like a router: elastic_config.jso
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import ElasticConfig
-from .integrations.hf import model_signature, runtime_of
+from .adapter import read_config, write_config
+from .integrations.hf import runtime_of
 from .router import gumbel_noise
 
 GATE_WEIGHTS = "gate.safetensors"
@@ -52,28 +51,17 @@ def use_gate(model, gate: StaticGate | None):
 
 
 def save_static_gate(model, gate: StaticGate, path) -> Path:
-    rt = runtime_of(model)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     save_file({"logits": gate.logits.detach().float().cpu().contiguous()}, path / GATE_WEIGHTS)
-    meta = rt.config.to_dict() | {"base_model": model_signature(model)}
-    (path / "elastic_config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_config(model, path)
     return path
 
 
 def load_static_gate(model, path) -> StaticGate:
     """Load a gate saved by save_static_gate, checking it was trained for this model's shape."""
     path = Path(path)
-    if not (path / GATE_WEIGHTS).is_file() or not (path / "elastic_config.json").is_file():
-        raise ValueError(f"{str(path)!r} is not a static gate directory: it needs elastic_config.json and "
-                         f"{GATE_WEIGHTS} (written by save_static_gate)")
-    meta = json.loads((path / "elastic_config.json").read_text())
-    saved = meta.pop("base_model", {})
-    ElasticConfig.from_dict(meta)  # validates the file
-    ours = model_signature(model)
-    diff = [f"{k}: gate {saved.get(k)!r} vs model {ours[k]!r}" for k in ours if saved.get(k) != ours[k]]
-    if diff:
-        raise ValueError(f"the gate in {str(path)!r} was trained for another model ({'; '.join(diff)})")
+    read_config(model, path, GATE_WEIGHTS, "static gate", "save_static_gate")
     logits = load_file(path / GATE_WEIGHTS)["logits"]
     gate = StaticGate(*logits.shape)
     gate.logits.data.copy_(logits)
