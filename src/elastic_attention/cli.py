@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 
 from . import ElasticConfig, attach, force_mode, load_router, routers, routing_stats
+from .eval.command import add_parser as add_eval_parser
+from .training.command import add_parsers as add_training_parsers
 from .integrations.hf import model_signature, runtime_of
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -182,10 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=cmd_generate)
-
-    from .training.command import add_parsers as add_training_parsers  # train, make-data
-
-    add_training_parsers(sub)
+    add_training_parsers(sub)  # train, make-data
+    add_eval_parser(sub)  # eval
     return parser
 
 
