@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 
 import torch
@@ -26,6 +25,8 @@ from elastic_attention.attention import FA, SSA
 from elastic_attention.attention.kernels import hybrid_prefill
 from elastic_attention.config import ElasticConfig
 from elastic_attention.router import AttentionRouter
+
+from cuda_timing import cuda_median_ms  # benchmarks/ sits on sys.path when a script here runs
 
 MODELS = {
     "default": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -38,15 +39,7 @@ MODELS = {
 def timed(fn, reps=5):
     fn()
     torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+    return cuda_median_ms(fn, reps)
 
 
 def static_mask(layers, kv, msr, seed=0):

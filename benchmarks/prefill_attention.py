@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -29,6 +28,8 @@ from elastic_attention.attention.kernels.blocks import padding_bounds
 from elastic_attention.attention.kernels.flex import build_block_mask
 from elastic_attention.config import ElasticConfig
 
+from cuda_timing import cuda_median_ms  # benchmarks/ sits on sys.path when a script here runs
+
 SHAPES = {"llama8b": (32, 8, 128, 5), "default": (9, 3, 64, 10)}
 
 
@@ -40,15 +41,7 @@ def bench(fn, budget_ms=600.0, max_reps=20):
     torch.cuda.synchronize()
     est = (time.perf_counter() - t0) * 1e3
     reps = int(max(3, min(max_reps, budget_ms / max(est, 1e-3))))
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return cuda_median_ms(fn, reps)
 
 
 def ssa_pairs(s, w):
@@ -90,7 +83,6 @@ def serial_dispatch(q, k, v, modes, cfg, scale):
     on the sparse heads, sequentially, and scatter back."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    from elastic_attention.attention.kernels.flex import compiled_flex
     b, hq, s, d = q.shape
     hk = k.shape[1]
     g = hq // hk

@@ -18,10 +18,9 @@ WEIGHTS_NAME = "router.safetensors"
 
 def save_router(model, path) -> Path:
     """Write the attached routers and their config to the directory `path` (created if needed)."""
-    rt = runtime_of(model)
+    state = {f"layers.{name}": t.detach().contiguous().cpu() for name, t in routers(model).state_dict().items()}
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {f"layers.{name}": t.detach().contiguous().cpu() for name, t in routers(model).state_dict().items()}
     _atomic_write(path / WEIGHTS_NAME, lambda f: save_file(state, f))
     write_config(model, path)
     return path

@@ -289,7 +289,7 @@ def run_eval(model, tokenizer, tasks, lengths, methods, samples: int = 5, *, see
         raise ValueError(f"batch_size={batch_size} must be at least 1")
     if max_new_tokens is not None and max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
-    rt = runtime_of(model)
+    runtime_of(model)  # a clear error when the model has no routers
     score_length = score_length or min(2048, min(lengths))
     modes, scores = method_modes(model, tokenizer, methods, score_samples, score_length, progress)
     cells = {}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..masks import FA, SSA, XA
+from ..masks import SSA, XA
 
 
 def padding_bounds(key_padding: torch.Tensor | None, batch: int, seq: int, device):
