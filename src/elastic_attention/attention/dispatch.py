@@ -7,7 +7,6 @@ import torch.nn.functional as F
 
 from .masks import causal_allowed
 from .reference import masked_attention
-from .kernels import PREFILL_BACKENDS, hybrid_prefill  # noqa: F401  (fast CUDA prefill path)
 
 BACKENDS = ("sdpa", "reference")
 

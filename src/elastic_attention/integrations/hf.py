@@ -14,7 +14,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-from ..attention import FA, MODE_IDS, allowed_from_hf_mask, attention, hybrid_attention
+from ..attention import FA, MODE_IDS, allowed_from_hf_mask, attention, head_masks, hybrid_attention
 from ..attention.masks import mode_mask, valid_keys
 from ..attention.kernels import hybrid_prefill, supported as fast_prefill_supported
 from ..config import ElasticConfig
@@ -123,16 +123,6 @@ class ModeMasks:
             out = torch.where(modes == mode, kept, out)
         return out
 
-    def for_heads(self, modes: torch.Tensor) -> torch.Tensor:
-        """One mask per query head [b, hq, sq, skv] (used where per-head probabilities are needed)."""
-        hq = self.query.shape[1]
-        per_head = modes.repeat_interleave(hq // modes.shape[1], dim=1)[:, :, None, None]
-        out = self.allowed
-        for mode in modes.unique().tolist():
-            mask = self[mode]
-            out = torch.where(per_head == mode, self.allowed if mask is None else mask, out)
-        return out
-
 
 def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                               value: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -177,7 +167,8 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
     if prefill:
         state.density = masks.density(state.modes)
     if rt.capture_last_row:
-        state.last_row = _last_row_probs(query, key, masks.for_heads(state.modes), scale)
+        state.last_row = _last_row_probs(query, key, head_masks(state.modes, masks.allowed, query, key, scale, cfg),
+                                         scale)
     return out.transpose(1, 2).contiguous(), None
 
 

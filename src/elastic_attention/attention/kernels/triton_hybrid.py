@@ -25,6 +25,15 @@ if HAVE_TRITON:
     _XA = tl.constexpr(XA)
 
     @triton.jit
+    def _softmax_step(s, v, m_i, l_i, acc):
+        """One online-softmax update with a block of base-2 scores s and values v."""
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a fully masked row so far stays at 0
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        return m_new, l_i * alpha + tl.sum(p, 1), acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+
+    @triton.jit
     def _hybrid_fwd(Q, K, V, O, MODES, START, END, PC, PI, FC, FI, KEEP, sm_scale,
                     sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sob, soh, sos,
                     H, G, S_LEN, NQ, NK, NQX, NKX, SINK, LOCAL,
@@ -71,13 +80,7 @@ if HAVE_TRITON:
             s = tl.dot(q, k) * qk_scale
             if not EVEN:
                 s = tl.where(offs_k[None, :] < S_LEN, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(s - m_safe[:, None])
-            alpha = tl.math.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+            m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
 
         # partial blocks: the mode's token rule
         n_part = tl.load(PC + row)
@@ -100,13 +103,7 @@ if HAVE_TRITON:
                 ok = ok & ((mode != _XA) | xa)
             s = tl.dot(q, k) * qk_scale
             s = tl.where(ok, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(s - m_safe[:, None])
-            alpha = tl.math.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+            m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
 
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         out = acc / l_safe[:, None]
