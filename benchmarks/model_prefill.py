@@ -1,6 +1,6 @@
 """Whole-model prefill: random-weight Llama models, elastic (static 70 % sparse heads) vs plain SDPA.
 
-Usage (GPU): PYTHONPATH=src python benchmarks/model_prefill.py
+Usage (GPU): PYTHONPATH=src python benchmarks/model_prefill.py [--router-only]
 Writes benchmarks/results/model_prefill.json (and $OUT/model_prefill.json when OUT is set).
 
 Rows: the default model's shape (30 layers, hidden 576, 9 / 3 heads, d 64) at 8K, and an 8B-shaped
@@ -40,6 +40,20 @@ def timed(fn, reps=5):
     fn()
     torch.cuda.synchronize()
     return cuda_median_ms(fn, reps)
+
+
+def back_to_back(fn, n=100):
+    """Milliseconds per call of n calls queued without a sync: the GPU time a call adds when its
+    launch overlaps earlier work, as inside a model's forward (vs `timed`: one call from idle)."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / n
 
 
 def static_mask(layers, kv, msr, seed=0):
@@ -98,10 +112,16 @@ def router_vs_attention(seq=32768):
         v = torch.randn_like(k)
         modes = torch.tensor([[SSA if i < round(0.7 * hk) else FA for i in range(hk)]], device="cuda")
         with torch.no_grad():
-            t_router = timed(lambda: router.decide(router.logits(keys)), reps=20)
+            # what a prefill runs: pooling + MLP + decision (one Triton launch in inference) vs eager
+            t_router = timed(lambda: router(keys), reps=50)
+            t_eager = timed(lambda: router.decide(router.logits(keys)), reps=50)
             t_attn = timed(lambda: hybrid_prefill(q, k, v, modes, ElasticConfig(), d ** -0.5), reps=10)
+            t_stream = back_to_back(lambda: router(keys))
+            same = torch.allclose(router(keys)[0], router.logits(keys), atol=1e-4, rtol=1e-3)
         out.append(dict(card=torch.cuda.get_device_name(), shape=name, S=seq, router_ms=t_router,
-                        attention_ms=t_attn, router_pct=100 * t_router / t_attn))
+                        router_eager_ms=t_eager, router_back_to_back_ms=t_stream, fused_matches_eager=same,
+                        attention_ms=t_attn, router_pct=100 * t_router / t_attn,
+                        router_back_to_back_pct=100 * t_stream / t_attn))
         print(out[-1], flush=True)
     return out
 
@@ -119,6 +139,8 @@ def main():
 
     rows.extend(router_vs_attention())
     dump()
+    if "--router-only" in sys.argv:
+        return 0
     for name, seq, old in (("default", 8192, True), ("llama8b-5L", 32768, True), ("llama8b-5L", 65536, False)):
         try:
             rows.append(run_model(name, seq, old))

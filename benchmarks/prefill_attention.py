@@ -115,7 +115,7 @@ def main():
     ap.add_argument("--seqs", default="8192,16384,32768,65536,131072")
     ap.add_argument("--msrs", default="0,0.5,0.7,0.9")
     ap.add_argument("--shapes", default="llama8b,default")
-    ap.add_argument("--candidates", default="flex,triton,split_triton")
+    ap.add_argument("--candidates", default="split,flex,triton")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--out", default="benchmarks/results/prefill_attention.json")
     args = ap.parse_args()
@@ -158,7 +158,8 @@ def main():
                         print(f"  candidate {c} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
                         r[f"cand_{c}_ms"] = None
                 st, en = padding_bounds(None, b, s, q.device)
-                r["blockmask_ms"] = bench(lambda: build_block_mask(modes_q, st, en, s, cfg, None, True, has_xa=False))
+                r["blockmask_ms"] = bench(lambda: build_block_mask(modes_q, st, en, s, cfg, None, True, has_xa=False,
+                                                                 padded=False))
                 try:
                     r["flex_ms"] = bench(naive_flex(q, k, v, modes_q, cfg, scale))
                 except Exception as e:

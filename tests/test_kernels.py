@@ -71,7 +71,7 @@ def _check(q, k, v, modes, kp, valid, cfg, backend, tol, real_rows_only=True):
 CPU_CFG = ElasticConfig(sink=8, local=40, xa_block=64, xa_stride=16, xa_threshold=0.9)
 
 
-@pytest.mark.parametrize("backend", ["flex", "split"])
+@pytest.mark.parametrize("backend", ["auto", "flex", "split"])
 @pytest.mark.parametrize("pad", ["none", "left", "right"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_cpu_fa_ssa_mix(backend, pad, seed):
@@ -109,12 +109,71 @@ def test_cpu_xa_selection_matches_reference():
 
 def test_cpu_all_full_and_all_sparse():
     for pool in ([FA], [SSA]):
-        case = _case(7, 1, 4, 2, 150, 16, pool, "none", CPU_CFG)
-        _check(*case, CPU_CFG, "split", 1e-4)
+        for pad in ("none", "left"):
+            case = _case(7, 1, 4, 2, 150, 16, pool, pad, CPU_CFG)
+            _check(*case, CPU_CFG, "split", 1e-4)
+            _check(*case, CPU_CFG, "auto", 1e-4)
+
+
+def test_cpu_auto_splits_large_layers_only(monkeypatch):
+    """"auto" takes the split dispatch at or above SPLIT_MIN_WORK and FlexAttention alone below it;
+    both are exact. The dispatch is observed through the SDPA calls it makes on FA heads."""
+    import elastic_attention.attention.kernels as kernels
+
+    case = _case(11, 2, 4, 2, 130, 16, [FA, SSA], "none", CPU_CFG)
+    q = case[0]
+    case[3][0] = torch.tensor([FA, SSA])  # at least one FA and one SSA head
+    calls = []
+    real_sdpa = kernels.F.scaled_dot_product_attention
+
+    def counting_sdpa(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real_sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(kernels.F, "scaled_dot_product_attention", counting_sdpa)
+    work = q.shape[0] * q.shape[1] * q.shape[2] ** 2 * q.shape[3]
+    monkeypatch.setattr(kernels, "SPLIT_MIN_WORK", work + 1)
+    _check(*case, CPU_CFG, "auto", 1e-4)
+    assert calls == []  # below the threshold: one FlexAttention call for every head
+    monkeypatch.setattr(kernels, "SPLIT_MIN_WORK", work)
+    _check(*case, CPU_CFG, "auto", 1e-4)
+    assert len(calls) >= 1 and all(c[2] == q.shape[2] for c in calls)  # FA heads went to SDPA
+
+
+def test_cpu_block_masks_are_reused_per_decision_pattern_and_never_stale():
+    import elastic_attention.attention.kernels as kernels
+
+    kernels._MASKS.clear()
+    q, k, v, modes, kp, valid = _case(13, 2, 4, 2, 140, 16, [FA, SSA], "none", CPU_CFG)
+    modes[:] = torch.tensor([[FA, SSA], [SSA, SSA]])
+    _check(q, k, v, modes, kp, valid, CPU_CFG, "flex", 1e-4)
+    _check(q, k, v, modes, kp, valid, CPU_CFG, "flex", 1e-4)
+    assert len(kernels._MASKS) == 1  # the second call reused the first call's BlockMask
+    modes[:] = torch.tensor([[SSA, FA], [FA, SSA]])  # another pattern: a new mask, exact again
+    _check(q, k, v, modes, kp, valid, CPU_CFG, "flex", 1e-4)
+    assert len(kernels._MASKS) == 2
+
+
+def test_cpu_unpadded_row_lists_are_cached_and_equal_to_the_padded_build():
+    from elastic_attention.attention.kernels.blocks import block_lists, row_lists
+
+    cfg = ElasticConfig(sink=16, local=48)
+    g = torch.Generator().manual_seed(3)
+    for skip_fa in (False, True):
+        modes_q = torch.tensor([FA, SSA])[torch.randint(2, (3, 4), generator=g)]
+        start, end = padding_bounds(None, 3, 300, "cpu")
+        fresh = block_lists(modes_q, start, end, 300, cfg, 32, 32, skip_fa=skip_fa, has_xa=False, padded=True)
+        cached = block_lists(modes_q, start, end, 300, cfg, 32, 32, skip_fa=skip_fa, has_xa=False, padded=False)
+        for a, b in zip(fresh, cached):
+            assert torch.equal(a, b)
+    width = 10
+    one = row_lists(start, end, 300, cfg, 32, 32, width, True, padded=False)
+    assert row_lists(start, end, 300, cfg, 32, 32, width, True, padded=False) is one
+    assert row_lists(start, end, 300, cfg, 32, 32, width, True, padded=True) is not one
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("backend", ["split", "flex", "triton", "split_triton"])
+@pytest.mark.parametrize("backend", ["auto", "split", "flex", "triton", "split_triton"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("d", [64, 128])
 def test_gpu_many_shapes(backend, dtype, d):

@@ -171,6 +171,69 @@ def test_router_logits_shape_and_dtype():
     assert torch.allclose(router.logits(keys.flip(2)), z.flip(1))
 
 
+def test_router_forward_is_logits_then_decide():
+    router = AttentionRouter(16, pool_tokens=4).eval()
+    keys = torch.randn(2, 30, 3, 16)
+    with torch.no_grad():
+        logits, r = router(keys)
+    assert torch.equal(logits, router.logits(keys)) and torch.equal(r, router.decide(logits))
+
+
+_FUSED_SCRIPT = r"""
+import torch
+from elastic_attention import AttentionRouter
+from elastic_attention.router_kernel import route_fused
+torch.manual_seed(0)
+signs = set()
+for d, n, s, dtype in [(16, 4, 30, torch.float32), (32, 8, 12, torch.bfloat16), (16, 3, 7, torch.float32)]:
+    router = AttentionRouter(d, pool_tokens=n).eval()
+    for p in router.parameters():
+        torch.nn.init.normal_(p, std=0.5)  # logits of both signs
+    keys = torch.randn(2, s, 3, d).to(dtype)
+    with torch.no_grad():
+        logits, r = route_fused(router, keys)
+        want = router.logits(keys)
+    assert torch.allclose(logits, want, atol=1e-4, rtol=1e-4), (logits, want)
+    assert torch.equal(r, (logits > 0).float())
+    signs |= set((want > 0).flatten().tolist())
+assert signs == {True, False}  # both decisions were exercised
+print("FUSED_OK")
+"""
+
+
+def test_cpu_fused_router_kernel_in_interpreter():
+    """The one-launch router under TRITON_INTERPRET=1 matches the eager router (needs triton, no GPU)."""
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    res = subprocess.run([sys.executable, "-c", _FUSED_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert "FUSED_OK" in res.stdout, res.stderr[-2000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("d", [64, 128])
+def test_gpu_fused_router_matches_eager(d):
+    torch.manual_seed(d)
+    router = AttentionRouter(d).cuda().eval()
+    for p in router.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    for b, s in ((1, 50), (2, 200), (3, 5000)):  # shorter than, equal to and longer than 2 * pool_tokens
+        keys = torch.randn(b, s, 8, d, device="cuda", dtype=torch.bfloat16)
+        with torch.no_grad():
+            logits, r = router(keys)
+            want = router.logits(keys)
+        assert torch.allclose(logits, want, atol=1e-4, rtol=1e-3)
+        assert torch.equal(r, (logits > 0).float())
+    with torch.enable_grad():  # training: the eager path, gradients flow
+        router.train()
+        logits, _ = router(torch.randn(1, 40, 3, d, device="cuda"))
+        assert logits.requires_grad
+
+
 @pytest.mark.parametrize("model_type", ["llama", "qwen3"])
 def test_router_sees_pre_rope_keys(model_type):
     """The router's input is k_proj's output (after k_norm where the model has one), before RoPE."""

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .router_kernel import fused_supported, route_fused
+
 
 def boundary_pool(keys: torch.Tensor, valid: torch.Tensor | None, n: int) -> torch.Tensor:
     """Mean of the first n and the last n real tokens (all of them if fewer than 2n).
@@ -19,8 +21,10 @@ def boundary_pool(keys: torch.Tensor, valid: torch.Tensor | None, n: int) -> tor
     Instructions sit at the start of a prompt and the question at its end: the middle is noise.
     """
     b, s = keys.shape[:2]
-    if valid is None:
-        valid = torch.ones(b, s, dtype=torch.bool, device=keys.device)
+    if s == 0:
+        raise ValueError("a prompt in the batch has no tokens: routing needs at least one")
+    if valid is None:  # every token real: two slices, no host sync
+        return _edges(keys, n).mean(1, dtype=torch.float32)
     rank = valid.to(torch.int64).cumsum(-1)  # 1-based among real tokens
     count = rank[:, -1:]
     if (count == 0).any():
@@ -47,9 +51,24 @@ class AttentionRouter(nn.Module):
                                     nn.SiLU(), nn.Linear(head_dim, 1))
         self.tau = 1.0  # Gumbel-sigmoid temperature; the trainer sets it from a TemperatureSchedule
 
+    def forward(self, keys: torch.Tensor, valid: torch.Tensor | None = None):
+        """keys [b, s, h, d] -> (logits [b, h] fp32, decisions r [b, h]): what a prefill routes with.
+
+        Inference on CUDA without padding runs as one Triton kernel (router_kernel.py).
+        """
+        if (valid is None and keys.is_cuda and not self.training and not torch.is_grad_enabled()
+                and fused_supported(self, keys)):
+            return route_fused(self, keys)
+        logits = self.logits(keys, valid)
+        return logits, self.decide(logits)
+
     def logits(self, keys: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """keys [b, s, h, d] (after k_proj / k-norm, before RoPE) -> logits [b, h] (fp32)."""
-        pooled = boundary_pool(keys, valid, self.pool_tokens).to(self.task[0].weight.dtype)
+        return self.mlp(boundary_pool(keys, valid, self.pool_tokens))
+
+    def mlp(self, pooled: torch.Tensor) -> torch.Tensor:
+        """pooled keys [b, h, d] (fp32) -> logits [b, h] (fp32)."""
+        pooled = pooled.to(self.task[0].weight.dtype)
         return self.router(self.task(pooled)).squeeze(-1).float()
 
     def decide(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -63,6 +82,13 @@ class AttentionRouter(nn.Module):
         # (hard - s) + s is exact in floating point (Sterbenz), so r is exactly 0 or 1 in value;
         # (hard + s) - s would round, giving r = 0.99999994 for some s.
         return hard - soft.detach() + soft
+
+
+def _edges(keys: torch.Tensor, n: int) -> torch.Tensor:
+    """The first and last n tokens of keys [b, s, h, d] (all of them when s <= 2n)."""
+    if keys.shape[1] <= 2 * n:
+        return keys
+    return torch.cat((keys[:, :n], keys[:, -n:]), 1)
 
 
 @dataclass

@@ -73,8 +73,7 @@ class LayerState:
                 valid = rt.route_mask.to(keys.device)
             if valid is not None:
                 valid = valid[:, -keys.shape[1]:]
-            self.logits = self.router.logits(keys, valid)
-            r = self.router.decide(self.logits)
+            self.logits, r = self.router(keys, valid)
         elif isinstance(rt.forced, torch.Tensor):
             self.logits = None
             r = rt.forced[self.layer_idx].to(device, torch.float32).expand(batch, hk)
@@ -96,9 +95,17 @@ class ModeMasks:
         b, _, sq, _ = query.shape
         skv = key.shape[2]
         self.plain_causal = hf_mask is None  # nothing padded: FA needs no mask at all
-        self.allowed = allowed_from_hf_mask(hf_mask, b, sq, skv, query.device)
+        self.hf_mask, self.shape = hf_mask, (b, sq, skv)
         self.query, self.key, self.scale, self.config = query, key, scale, config
         self.cache: dict[int, torch.Tensor | None] = {}
+        self._allowed: torch.Tensor | None = None
+
+    @property
+    def allowed(self) -> torch.Tensor:
+        """[b, 1, sq, skv] bool; built on first use (the fused CUDA prefill never needs it unpadded)."""
+        if self._allowed is None:
+            self._allowed = allowed_from_hf_mask(self.hf_mask, *self.shape, self.query.device)
+        return self._allowed
 
     def __getitem__(self, mode: int) -> torch.Tensor | None:
         if mode not in self.cache:

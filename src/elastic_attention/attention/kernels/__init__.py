@@ -2,7 +2,8 @@
 
 `hybrid_prefill` is the entry point. Backends (measured against each other in
 benchmarks/prefill_attention.py, see docs/benchmarks.md):
-  "split"   default: SDPA (cuDNN / flash) on the FA heads on a side stream, concurrently with
+  "auto"    default: "split" for large layers, "flex" for small ones (SPLIT_MIN_WORK);
+  "split"   SDPA (cuDNN / flash) on the FA heads on a side stream, concurrently with
             FlexAttention on the sparse heads (per-head BlockMask from the decisions);
   "flex"    FlexAttention on all heads, one launch (fallback; also the path with padding);
   "triton"  one Triton kernel branching per program on its head's mode (candidate, kept for
@@ -16,14 +17,33 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..masks import FA, XA
-from .blocks import density as analytic_density, padding_bounds
+from ..masks import FA, SSA, XA
+from .blocks import density as analytic_density, padding_bounds, ssa_density
 from .flex import build_block_mask, flex_run
 from .xa import xa_select
 
-PREFILL_BACKENDS = ("split", "flex", "triton", "split_triton")
-DEFAULT_BACKEND = "split"
+PREFILL_BACKENDS = ("auto", "split", "flex", "triton", "split_triton")
+DEFAULT_BACKEND = "auto"
+# "auto" splits when the layer's full causal attention has at least this many b * hq * s^2 * d
+# (about 2 ms of SDPA on an H200): below it the stream fork and the extra launches cost more than
+# cuDNN's faster FA heads save (measured in benchmarks/prefill_attention.py, docs/benchmarks.md).
+SPLIT_MIN_WORK = 3e12
+MASK_CACHE_SIZE = 64  # BlockMasks of recent (decisions, length) pairs, unpadded prompts only
+_MASKS: dict = {}
 _SIDE: dict = {}
+_BOUNDS: dict = {}
+
+
+def _bounds(key_padding, b: int, s: int, device):
+    """padding_bounds, with the unpadded case (zeros, s) kept per (b, s, device)."""
+    if key_padding is not None:
+        return padding_bounds(key_padding, b, s, device)
+    key = (b, s, str(device))
+    if key not in _BOUNDS:
+        if len(_BOUNDS) >= 64:
+            _BOUNDS.clear()
+        _BOUNDS[key] = padding_bounds(None, b, s, device)
+    return _BOUNDS[key]
 
 
 def _side_stream(device):
@@ -71,7 +91,7 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
     hk = k.shape[1]
     g = hq // hk
     padded = key_padding is not None and not bool(key_padding.all())
-    start, end = padding_bounds(key_padding if padded else None, b, s, q.device)
+    start, end = _bounds(key_padding if padded else None, b, s, q.device)
     modes = modes.to(device=q.device, dtype=torch.int64)
     modes_list = modes.tolist()  # the one host sync of the call
     has_xa = any(XA in row for row in modes_list)
@@ -80,16 +100,20 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
     if has_xa:
         xa_keep = xa_select(q, k, modes_q == XA, start, end, scale, config.xa_block, config.xa_stride,
                             config.xa_threshold)
-    split = backend in ("split", "split_triton") and not padded
+    work = b * hq * s * s * d
+    split = not padded and (backend in ("split", "split_triton") or
+                            (backend == "auto" and work >= SPLIT_MIN_WORK))
     runs = fa_runs(modes_list) if split else []
-    if split and len(runs) == b and all(h1 - h0 == hk for _, h0, h1 in runs):  # all heads full
+    all_full = not padded and all(m == FA for row in modes_list for m in row)
+    if all_full and backend != "triton":  # MSR 0: the fastest causal kernel there is
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=g > 1)
     else:
-        skip_fa = split and bool(runs)
+        # no FA head in the sparse kernel's share: SSA/XA lists only (narrow, shorter mask rule)
+        skip_fa = (split and bool(runs)) or not any(FA in row for row in modes_list)
         sparse = "triton" if backend in ("triton", "split_triton") else "flex"
         on_cuda = q.is_cuda
         side_results = []
-        if skip_fa:
+        if runs:
             main = torch.cuda.current_stream(q.device) if on_cuda else None
             side = _side_stream(q.device) if on_cuda else None
             if on_cuda:
@@ -103,16 +127,27 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
         if sparse == "triton":
             from .triton_hybrid import triton_hybrid
             out = triton_hybrid(q, k, v, modes_q, start, end, config, scale, xa_keep, skip_fa, has_xa=has_xa)
-        else:
-            bm = build_block_mask(modes_q, start, end, s, config, xa_keep, skip_fa, has_xa=has_xa)
+        elif padded or has_xa:  # the mask depends on the data: built for this call
+            bm = build_block_mask(modes_q, start, end, s, config, xa_keep, skip_fa, has_xa=has_xa, padded=True)
             out = flex_run(q, k, v, bm, scale, kernel_options)
-        if skip_fa:
+        else:  # depends on the decisions and the length only: reused across layers and calls
+            key = (tuple(map(tuple, modes_list)), skip_fa, hq, s, config.sink, config.local, str(q.device))
+            bm = _MASKS.pop(key, None)
+            if bm is None:
+                bm = build_block_mask(modes_q, start, end, s, config, None, skip_fa, has_xa=False, padded=False)
+            _MASKS[key] = bm  # most recently used last
+            if len(_MASKS) > MASK_CACHE_SIZE:
+                _MASKS.pop(next(iter(_MASKS)))
+            out = flex_run(q, k, v, bm, scale, kernel_options)
+        if runs:
             if on_cuda:
                 main.wait_stream(side)
             for row, h0, h1, r in side_results:
                 if on_cuda:
                     r.record_stream(main)
                 out[row:row + 1, h0 * g:h1 * g] = r
+    if return_density and not padded and not has_xa:  # no per-row work: one op
+        return out, torch.where(modes == SSA, ssa_density(s, config), 1.0).float()
     if return_density:
         return out, analytic_density(modes, start, end, config, xa_keep if has_xa else None)
     return out

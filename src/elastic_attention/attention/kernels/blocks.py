@@ -107,41 +107,69 @@ def to_ordered(table: torch.Tensor, width: int | None = None):
     return count, idx[..., :width].contiguous()
 
 
+_ROW_CACHE: dict = {}
+
+
+def row_lists(start, end, seq: int, config, bq: int, bk: int, width: int, with_fa: bool, padded: bool = True):
+    """Per batch row: {"ssa_part", "ssa_full" (and "fa_part", "fa_full")} -> (count [b, nq], idx [b, nq, width]).
+
+    They depend on the padding bounds, the sequence length and the config only, not on the decisions.
+    Without padding every row is the same: one row (b = 1, broadcast by the caller) is built once
+    per (seq, config, blocks) and cached, so a model's layers do not rebuild it on every call.
+    """
+    key = (seq, config.sink, config.local, bq, bk, width, with_fa, str(start.device))
+    if not padded and key in _ROW_CACHE:
+        return _ROW_CACHE[key]
+    st, en = (start[:1], end[:1]) if not padded else (start, end)
+    fa_any, fa_all, ssa_any, ssa_all = fa_ssa_tables(st, en, seq, config.sink, config.local, bq, bk)
+    out = {"ssa_part": to_ordered(ssa_any & ~ssa_all, width), "ssa_full": to_ordered(ssa_all, width)}
+    if with_fa:
+        out["fa_part"] = to_ordered(fa_any & ~fa_all, width)
+        out["fa_full"] = to_ordered(fa_all, width)
+    if not padded:
+        if len(_ROW_CACHE) >= 64:  # many distinct lengths: start over rather than grow without bound
+            _ROW_CACHE.clear()
+        _ROW_CACHE[key] = out
+    return out
+
+
 def block_lists(modes_q: torch.Tensor, start, end, seq: int, config, bq: int, bk: int,
-                xa_keep: torch.Tensor | None = None, skip_fa: bool = False, has_xa: bool | None = None):
+                xa_keep: torch.Tensor | None = None, skip_fa: bool = False, has_xa: bool | None = None,
+                padded: bool = True):
     """(partial_count, partial_idx, full_count, full_idx) int32, [b, hq, nq] / [b, hq, nq, width].
 
     modes_q: [b, hq] mode per query head. skip_fa: FA heads get no blocks (another kernel runs them).
     xa_keep: [b, hq, nqx, nkx] XA block selection (needed when an XA head is present).
+    padded=False promises start = 0 and end = seq for every row (the per-row lists are then cached).
     The FA and SSA lists are built once per batch row ([b, nq, width]) and picked per head.
     """
     if has_xa is None:
         has_xa = bool((modes_q == XA).any())
     if has_xa and xa_keep is None:
         raise ValueError("XA heads need xa_keep (the XA block selection)")
+    b, hq = modes_q.shape
     nk = -(-seq // bk)
-    fa_any, fa_all, ssa_any, ssa_all = fa_ssa_tables(start, end, seq, config.sink, config.local, bq, bk)
     narrow = skip_fa and not has_xa
     # an SSA row touches at most the sink blocks, the window blocks and a few edge blocks
     width = min(nk, -(-config.sink // bk) + -(-(config.local + bq) // bk) + 3) if narrow else nk
+    rows = row_lists(start, end, seq, config, bq, bk, width, not skip_fa, padded)
+    (sp_c, sp_i), (sf_c, sf_i) = rows["ssa_part"], rows["ssa_full"]
     m = modes_q[:, :, None, None]
-    sp_c, sp_i = to_ordered(ssa_any & ~ssa_all, width)
-    sf_c, sf_i = to_ordered(ssa_all, width)
     is_ssa = m[..., 0] == SSA
     if skip_fa:
         zero = torch.zeros((), dtype=torch.int32, device=modes_q.device)
         pc = torch.where(is_ssa, sp_c[:, None], zero)
         fc = torch.where(is_ssa, sf_c[:, None], zero)
-        pi = sp_i[:, None].expand(-1, modes_q.shape[1], -1, -1)
-        fi = sf_i[:, None].expand(-1, modes_q.shape[1], -1, -1)
+        pi = sp_i[:, None].expand(b, hq, -1, -1)
+        fi = sf_i[:, None].expand(b, hq, -1, -1)
     else:
-        fp_c, fp_i = to_ordered(fa_any & ~fa_all, width)
-        ff_c, ff_i = to_ordered(fa_all, width)
+        (fp_c, fp_i), (ff_c, ff_i) = rows["fa_part"], rows["fa_full"]
         pc = torch.where(is_ssa, sp_c[:, None], fp_c[:, None])
         fc = torch.where(is_ssa, sf_c[:, None], ff_c[:, None])
         pi = torch.where(m == SSA, sp_i[:, None], fp_i[:, None])
         fi = torch.where(m == SSA, sf_i[:, None], ff_i[:, None])
     if has_xa:
+        fa_all = fa_ssa_tables(start, end, seq, config.sink, config.local, bq, bk)[1]
         fa_any_x = fa_ssa_tables(start, end, seq, config.sink, config.local,
                                  config.xa_block, config.xa_block)[0]
         xa_any, xa_all = xa_tables(xa_keep, start, seq, config.xa_block, bq, bk, fa_any_x, fa_all)
@@ -152,13 +180,20 @@ def block_lists(modes_q: torch.Tensor, start, end, seq: int, config, bq: int, bk
         fc = torch.where(is_xa, xf_c, fc)
         pi = torch.where(m == XA, xp_i, pi)
         fi = torch.where(m == XA, xf_i, fi)
-    return pc.contiguous(), pi.contiguous(), fc.contiguous(), fi.contiguous()
+    return tuple(t.expand(b, hq, *t.shape[2:]).contiguous() for t in (pc, pi, fc, fi))
 
 
 # ------------------------------------------------------------------ density (ESR) analytically
 
 def _tri(n):
     return n * (n + 1) // 2
+
+
+def ssa_density(n: int, config) -> float:
+    """Fraction of the causal pairs of an n-token prompt that an SSA head keeps (no padding)."""
+    w = config.sink + config.local
+    kept = _tri(n) if n <= w else _tri(w) + (n - w) * w
+    return kept / max(_tri(n), 1)
 
 
 def density(modes: torch.Tensor, start, end, config, xa_keep: torch.Tensor | None = None) -> torch.Tensor:

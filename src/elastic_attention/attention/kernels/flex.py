@@ -18,8 +18,19 @@ from .blocks import block_lists
 FLEX_BLOCK = 128
 
 
-def make_mask_mod(modes_q, start, end, sink: int, local: int, xa_keep=None, xa_block: int = 64):
-    """The token rule of every mode (see blocks.py), indexed by (batch, query head, q, kv)."""
+def make_mask_mod(modes_q, start, end, sink: int, local: int, xa_keep=None, xa_block: int = 64,
+                  padded: bool = True, only_ssa: bool = False):
+    """The token rule of every mode (see blocks.py), indexed by (batch, query head, q, kv).
+
+    padded=False (start 0, end seq) and only_ssa (the split dispatch: only SSA heads have blocks) give
+    shorter rules with fewer loads; the kernel evaluates the rule on every partial block.
+    """
+    if not padded and xa_keep is None:
+        def plain_mask_mod(b, h, q_idx, kv_idx):
+            ssa = (kv_idx <= q_idx) & ((kv_idx < sink) | (kv_idx > q_idx - local))
+            return ssa if only_ssa else (kv_idx <= q_idx) & ((modes_q[b, h] != SSA) | ssa)
+        return plain_mask_mod
+
     def mask_mod(b, h, q_idx, kv_idx):
         st, en = start[b], end[b]
         hi = torch.minimum(q_idx, en - 1)
@@ -36,12 +47,14 @@ def make_mask_mod(modes_q, start, end, sink: int, local: int, xa_keep=None, xa_b
 
 
 def build_block_mask(modes_q, start, end, seq: int, config, xa_keep=None, skip_fa: bool = False,
-                     block: int = FLEX_BLOCK, has_xa: bool | None = None):
+                     block: int = FLEX_BLOCK, has_xa: bool | None = None, padded: bool = True):
     from torch.nn.attention.flex_attention import BlockMask
 
-    pc, pi, fc, fi = block_lists(modes_q, start, end, seq, config, block, block, xa_keep, skip_fa, has_xa)
+    pc, pi, fc, fi = block_lists(modes_q, start, end, seq, config, block, block, xa_keep, skip_fa, has_xa,
+                                 padded)
     mask_mod = make_mask_mod(modes_q.to(torch.int32), start, end, config.sink, config.local,
-                             xa_keep, config.xa_block)
+                             xa_keep if has_xa is not False else None, config.xa_block, padded,
+                             only_ssa=skip_fa and not has_xa)
     kwargs = dict(BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(seq, seq))
     try:
         return BlockMask.from_kv_blocks(pc, pi, fc, fi, compute_q_blocks=False, **kwargs)
@@ -58,10 +71,23 @@ def compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def flex_run(q, k, v, block_mask, scale: float, kernel_options=None):
-    """FlexAttention (compiled on CUDA, eager elsewhere); rows with no kept key give zeros."""
+# FlexAttention kernel options per head_dim on CUDA, picked by benchmarks/flex_options.py (H200);
+# a head_dim not listed runs inductor's defaults.
+TUNED_OPTIONS: dict[int, dict] = {
+    64: {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+    128: {"USE_TMA": True},
+}
+
+
+def flex_run(q, k, v, block_mask, scale: float, kernel_options: dict | None = None):
+    """FlexAttention (compiled on CUDA, eager elsewhere); rows with no kept key give zeros.
+
+    kernel_options None takes TUNED_OPTIONS on CUDA; {} takes inductor's defaults.
+    """
     from torch.nn.attention.flex_attention import flex_attention
 
+    if kernel_options is None:
+        kernel_options = dict(TUNED_OPTIONS.get(q.shape[-1], {})) if q.is_cuda else {}
     gqa = q.shape[1] != k.shape[1]
     fn = compiled_flex() if q.is_cuda else flex_attention
     kw = {"kernel_options": kernel_options} if kernel_options else {}
