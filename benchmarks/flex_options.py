@@ -43,6 +43,9 @@ OPTIONS = {
 CASES = [("llama8b", 65536, True), ("default", 16384, False), ("default", 16384, True), ("llama8b", 16384, False)]
 
 
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
 def timed(fn, reps=5):
     fn()
     torch.cuda.synchronize()
@@ -53,7 +56,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget-s", type=float, default=420.0)
     ap.add_argument("--msr", type=float, default=0.7)
-    ap.add_argument("--out", default="benchmarks/results/flex_options.json")
+    ap.add_argument("--out", default=os.path.join(RESULTS, "flex_options.json"))
     args = ap.parse_args()
     t0 = time.time()
     card = torch.cuda.get_device_name()

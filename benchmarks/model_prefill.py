@@ -128,7 +128,7 @@ def router_vs_attention(seq=32768):
 
 def main():
     rows = []
-    path = "benchmarks/results/model_prefill.json"
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "model_prefill.json")
 
     def dump():
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -1,7 +1,8 @@
 """Prefill attention of one layer: ours vs SDPA full, naive FlexAttention hybrid, serial dispatch.
 
 Usage (GPU): PYTHONPATH=src python benchmarks/prefill_attention.py [--seqs 8192,16384] [--quick]
-Writes benchmarks/results/prefill_attention.json (and $OUT/prefill_attention.json when OUT is set).
+Writes benchmarks/results/prefill_attention.json (and $OUT/prefill_attention.json when OUT is set),
+replacing the rows of the (shape, S) pairs it measures and keeping the others.
 
 MSR is realised exactly by batching rows with different decisions: the 8B shape (32 q / 8 kv heads,
 d 128) runs 5 rows (40 KV heads: MSR 0.7 = 28 SSA heads), the default shape (9 / 3, d 64) 10 rows
@@ -31,6 +32,9 @@ from elastic_attention.config import ElasticConfig
 from cuda_timing import cuda_median_ms  # benchmarks/ sits on sys.path when a script here runs
 
 SHAPES = {"llama8b": (32, 8, 128, 5), "default": (9, 3, 64, 10)}
+
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def bench(fn, budget_ms=600.0, max_reps=20):
@@ -117,13 +121,19 @@ def main():
     ap.add_argument("--shapes", default="llama8b,default")
     ap.add_argument("--candidates", default="split,flex,triton")
     ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--out", default="benchmarks/results/prefill_attention.json")
+    ap.add_argument("--out", default=os.path.join(RESULTS, "prefill_attention.json"))
     args = ap.parse_args()
     dev = "cuda"
     card = torch.cuda.get_device_name()
     dtype = getattr(torch, args.dtype)
     cfg = ElasticConfig()  # sink 128, local 2048
+    # Rows of other (shape, S) pairs already in --out are kept: the table can be built by several runs
+    # (one per shape fits a 10-minute device call); every row says when and how it was measured.
+    todo = {(sh, int(x)) for sh in args.shapes.split(",") for x in args.seqs.split(",")}
     rows = []
+    if os.path.exists(args.out):
+        rows = [r for r in json.load(open(args.out)) if (r["shape"], r["S"]) not in todo]
+    command = "python benchmarks/prefill_attention.py " + " ".join(sys.argv[1:])
     cands = [c for c in args.candidates.split(",") if c and c != DEFAULT_BACKEND]
     print(f"card {card}; torch {torch.__version__}; default backend {DEFAULT_BACKEND}", flush=True)
     for shape in args.shapes.split(","):
@@ -148,7 +158,8 @@ def main():
                 modes = flat.view(b, hk).to(dev)
                 ma = n_sp / n_heads
                 modes_q = modes.repeat_interleave(g, 1)
-                r = dict(card=card, shape=shape, S=s, batch=b, msr=msr, msr_actual=ma, dtype=args.dtype)
+                r = dict(card=card, shape=shape, S=s, batch=b, msr=msr, msr_actual=ma, dtype=args.dtype,
+                         date=time.strftime("%Y-%m-%d"), command=command)
                 r["sdpa_ms"] = sdpa
                 r["ours_ms"] = bench(lambda: hybrid_prefill(q, k, v, modes, cfg, scale))
                 for c in cands:

@@ -157,3 +157,19 @@ def ssa_4d_mask(attention_mask_2d: torch.Tensor, sink: int, local: int) -> torch
     """The [b, 1, s, s] bool mask an unattached model needs to run every head as SSA."""
     valid = attention_mask_2d.bool()
     return brute_ssa(brute_allowed(valid, valid.shape[1]), sink, local)
+
+
+def run_in_triton_interpreter(script: str, marker: str) -> None:
+    """Run `script` in a fresh Python with TRITON_INTERPRET=1 (Triton kernels on the CPU, no GPU) and
+    check that it printed `marker`. The variable must be set before triton is imported, hence the
+    subprocess. Skips when triton is not installed."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert marker in res.stdout, res.stderr[-2000:]

@@ -16,6 +16,7 @@ from elastic_attention.attention.kernels.blocks import padding_bounds
 from elastic_attention.attention.kernels.xa import xa_select
 from elastic_attention.attention.masks import causal_allowed, xa_mask
 from elastic_attention.config import ElasticConfig
+from helpers import run_in_triton_interpreter
 
 CUDA = torch.cuda.is_available()
 
@@ -299,12 +300,4 @@ print("TRITON_OK")
 
 def test_cpu_triton_kernel_in_interpreter():
     """The Triton candidate under TRITON_INTERPRET=1 (needs the triton package, no GPU)."""
-    pytest.importorskip("triton")
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    res = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert "TRITON_OK" in res.stdout, res.stderr[-2000:]
+    run_in_triton_interpreter(_TRITON_SCRIPT, "TRITON_OK")

@@ -8,7 +8,7 @@ import torch
 import elastic_attention as ea
 from elastic_attention import AttentionRouter, ElasticConfig, TemperatureSchedule, attach, routing_stats
 from elastic_attention.router import boundary_pool, gumbel_noise
-from helpers import padded_batch, tiny_model
+from helpers import padded_batch, run_in_triton_interpreter, tiny_model
 
 CFG = ElasticConfig(sink=4, local=8)
 
@@ -203,15 +203,7 @@ print("FUSED_OK")
 
 def test_cpu_fused_router_kernel_in_interpreter():
     """The one-launch router under TRITON_INTERPRET=1 matches the eager router (needs triton, no GPU)."""
-    pytest.importorskip("triton")
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    res = subprocess.run([sys.executable, "-c", _FUSED_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert "FUSED_OK" in res.stdout, res.stderr[-2000:]
+    run_in_triton_interpreter(_FUSED_SCRIPT, "FUSED_OK")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
