@@ -141,7 +141,7 @@ def test_cpu_auto_splits_large_layers_only(monkeypatch):
     assert len(calls) >= 1 and all(c[2] == q.shape[2] for c in calls)  # FA heads went to SDPA
 
 
-def test_cpu_block_masks_are_reused_per_decision_pattern_and_never_stale():
+def test_cpu_block_masks_are_reused_per_decision_pattern_and_never_stale(monkeypatch):
     import elastic_attention.attention.kernels as kernels
 
     kernels._MASKS.clear()
@@ -151,6 +151,10 @@ def test_cpu_block_masks_are_reused_per_decision_pattern_and_never_stale():
     _check(q, k, v, modes, kp, valid, CPU_CFG, "flex", 1e-4)
     assert len(kernels._MASKS) == 1  # the second call reused the first call's BlockMask
     modes[:] = torch.tensor([[SSA, FA], [FA, SSA]])  # another pattern: a new mask, exact again
+    _check(q, k, v, modes, kp, valid, CPU_CFG, "flex", 1e-4)
+    assert len(kernels._MASKS) == 2
+    monkeypatch.setattr(kernels, "MASK_CACHE_ENTRY_BYTES", 0)  # too large to keep: rebuilt, still exact
+    modes[:] = torch.tensor([[SSA, SSA], [FA, FA]])
     _check(q, k, v, modes, kp, valid, CPU_CFG, "flex", 1e-4)
     assert len(kernels._MASKS) == 2
 

@@ -29,9 +29,15 @@ DEFAULT_BACKEND = "auto"
 # cuDNN's faster FA heads save (measured in benchmarks/prefill_attention.py, docs/benchmarks.md).
 SPLIT_MIN_WORK = 3e12
 MASK_CACHE_SIZE = 64  # BlockMasks of recent (decisions, length) pairs, unpadded prompts only
+MASK_CACHE_ENTRY_BYTES = 8 << 20  # larger masks are rebuilt each call rather than held (64 x 8 MiB at most)
 _MASKS: dict = {}
 _SIDE: dict = {}
 _BOUNDS: dict = {}
+
+
+def _mask_bytes(bm) -> int:
+    lists = (bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices)
+    return sum(t.numel() * t.element_size() for t in lists if t is not None)
 
 
 def _bounds(key_padding, b: int, s: int, device):
@@ -135,9 +141,10 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
             bm = _MASKS.pop(key, None)
             if bm is None:
                 bm = build_block_mask(modes_q, start, end, s, config, None, skip_fa, has_xa=False, padded=False)
-            _MASKS[key] = bm  # most recently used last
-            if len(_MASKS) > MASK_CACHE_SIZE:
-                _MASKS.pop(next(iter(_MASKS)))
+            if _mask_bytes(bm) <= MASK_CACHE_ENTRY_BYTES:  # wide lists (every head, long prompt) stay uncached
+                _MASKS[key] = bm  # most recently used last
+                if len(_MASKS) > MASK_CACHE_SIZE:
+                    _MASKS.pop(next(iter(_MASKS)))
             out = flex_run(q, k, v, bm, scale, kernel_options)
         if runs:
             if on_cuda:
