@@ -5,6 +5,27 @@ import statistics
 import torch
 
 
+def warm_median_ms(fn, reps: int = 5) -> float:
+    """One warm-up call (compiles, caches), then the median of `reps` timed calls."""
+    fn()
+    torch.cuda.synchronize()
+    return cuda_median_ms(fn, reps)
+
+
+def back_to_back_ms(fn, n: int = 100) -> float:
+    """Milliseconds per call of n calls queued without a sync: the GPU time a call adds when its
+    launch overlaps earlier work, as inside a model's forward (vs one call from idle)."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / n
+
+
 def cuda_median_ms(fn, reps: int) -> float:
     """Median milliseconds of `reps` calls of fn (the caller has already warmed it up)."""
     times = []

@@ -12,7 +12,6 @@ FlexAttention hybrid, in the same run. The winner per head_dim becomes flex.TUNE
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -26,8 +25,8 @@ from elastic_attention.attention.kernels.blocks import padding_bounds
 from elastic_attention.attention.kernels.flex import build_block_mask, flex_run
 from elastic_attention.config import ElasticConfig
 
-from cuda_timing import cuda_median_ms
-from prefill_attention import SHAPES, naive_flex
+from cuda_timing import warm_median_ms as timed
+from prefill_attention import SHAPES, dump, naive_flex
 
 OPTIONS = {
     "inductor default": {},
@@ -44,12 +43,6 @@ CASES = [("llama8b", 65536, True), ("default", 16384, False), ("default", 16384,
 
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-
-
-def timed(fn, reps=5):
-    fn()
-    torch.cuda.synchronize()
-    return cuda_median_ms(fn, reps)
 
 
 def main():
@@ -109,14 +102,6 @@ def main():
         del q, k, v, bm, ref
         torch.cuda.empty_cache()
     return 0
-
-
-def dump(rows, path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    data = json.dumps(rows, indent=1)
-    open(path, "w").write(data)
-    if os.environ.get("OUT"):
-        open(os.path.join(os.environ["OUT"], os.path.basename(path)), "w").write(data)
 
 
 if __name__ == "__main__":

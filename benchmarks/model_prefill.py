@@ -26,7 +26,7 @@ from elastic_attention.attention.kernels import hybrid_prefill
 from elastic_attention.config import ElasticConfig
 from elastic_attention.router import AttentionRouter
 
-from cuda_timing import cuda_median_ms  # benchmarks/ sits on sys.path when a script here runs
+from cuda_timing import back_to_back_ms, warm_median_ms as timed  # benchmarks/ sits on sys.path when a script here runs
 
 MODELS = {
     "default": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -34,26 +34,6 @@ MODELS = {
     "llama8b-5L": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=5, num_attention_heads=32,
                        num_key_value_heads=8, vocab_size=128256, head_dim=128),
 }
-
-
-def timed(fn, reps=5):
-    fn()
-    torch.cuda.synchronize()
-    return cuda_median_ms(fn, reps)
-
-
-def back_to_back(fn, n=100):
-    """Milliseconds per call of n calls queued without a sync: the GPU time a call adds when its
-    launch overlaps earlier work, as inside a model's forward (vs `timed`: one call from idle)."""
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(n):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / n
 
 
 def static_mask(layers, kv, msr, seed=0):
@@ -116,7 +96,7 @@ def router_vs_attention(seq=32768):
             t_router = timed(lambda: router(keys), reps=50)
             t_eager = timed(lambda: router.decide(router.logits(keys)), reps=50)
             t_attn = timed(lambda: hybrid_prefill(q, k, v, modes, ElasticConfig(), d ** -0.5), reps=10)
-            t_stream = back_to_back(lambda: router(keys))
+            t_stream = back_to_back_ms(lambda: router(keys))
             same = torch.allclose(router(keys)[0], router.logits(keys), atol=1e-4, rtol=1e-3)
         out.append(dict(card=torch.cuda.get_device_name(), shape=name, S=seq, router_ms=t_router,
                         router_eager_ms=t_eager, router_back_to_back_ms=t_stream, fused_matches_eager=same,

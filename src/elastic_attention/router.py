@@ -24,7 +24,8 @@ def boundary_pool(keys: torch.Tensor, valid: torch.Tensor | None, n: int) -> tor
     if s == 0:
         raise ValueError("a prompt in the batch has no tokens: routing needs at least one")
     if valid is None:  # every token real: two slices, no host sync
-        return _edges(keys, n).mean(1, dtype=torch.float32)
+        edges = keys if s <= 2 * n else torch.cat((keys[:, :n], keys[:, -n:]), 1)
+        return edges.mean(1, dtype=torch.float32)
     rank = valid.to(torch.int64).cumsum(-1)  # 1-based among real tokens
     count = rank[:, -1:]
     if (count == 0).any():
@@ -82,13 +83,6 @@ class AttentionRouter(nn.Module):
         # (hard - s) + s is exact in floating point (Sterbenz), so r is exactly 0 or 1 in value;
         # (hard + s) - s would round, giving r = 0.99999994 for some s.
         return hard - soft.detach() + soft
-
-
-def _edges(keys: torch.Tensor, n: int) -> torch.Tensor:
-    """The first and last n tokens of keys [b, s, h, d] (all of them when s <= 2n)."""
-    if keys.shape[1] <= 2 * n:
-        return keys
-    return torch.cat((keys[:, :n], keys[:, -n:]), 1)
 
 
 @dataclass

@@ -32,24 +32,11 @@ MASK_CACHE_SIZE = 64  # BlockMasks of recent (decisions, length) pairs, unpadded
 MASK_CACHE_ENTRY_BYTES = 8 << 20  # larger masks are rebuilt each call rather than held (64 x 8 MiB at most)
 _MASKS: dict = {}
 _SIDE: dict = {}
-_BOUNDS: dict = {}
 
 
 def _mask_bytes(bm) -> int:
     lists = (bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices)
     return sum(t.numel() * t.element_size() for t in lists if t is not None)
-
-
-def _bounds(key_padding, b: int, s: int, device):
-    """padding_bounds, with the unpadded case (zeros, s) kept per (b, s, device)."""
-    if key_padding is not None:
-        return padding_bounds(key_padding, b, s, device)
-    key = (b, s, str(device))
-    if key not in _BOUNDS:
-        if len(_BOUNDS) >= 64:
-            _BOUNDS.clear()
-        _BOUNDS[key] = padding_bounds(None, b, s, device)
-    return _BOUNDS[key]
 
 
 def _side_stream(device):
@@ -97,7 +84,7 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
     hk = k.shape[1]
     g = hq // hk
     padded = key_padding is not None and not bool(key_padding.all())
-    start, end = _bounds(key_padding if padded else None, b, s, q.device)
+    start, end = padding_bounds(key_padding if padded else None, b, s, q.device)
     modes = modes.to(device=q.device, dtype=torch.int64)
     modes_list = modes.tolist()  # the one host sync of the call
     has_xa = any(XA in row for row in modes_list)

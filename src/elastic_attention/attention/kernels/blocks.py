@@ -180,7 +180,7 @@ def block_lists(modes_q: torch.Tensor, start, end, seq: int, config, bq: int, bk
         fc = torch.where(is_xa, xf_c, fc)
         pi = torch.where(m == XA, xp_i, pi)
         fi = torch.where(m == XA, xf_i, fi)
-    return tuple(t.expand(b, hq, *t.shape[2:]).contiguous() for t in (pc, pi, fc, fi))
+    return pc.contiguous(), pi.contiguous(), fc.contiguous(), fi.contiguous()
 
 
 # ------------------------------------------------------------------ density (ESR) analytically

@@ -53,8 +53,7 @@ def build_block_mask(modes_q, start, end, seq: int, config, xa_keep=None, skip_f
     pc, pi, fc, fi = block_lists(modes_q, start, end, seq, config, block, block, xa_keep, skip_fa, has_xa,
                                  padded)
     mask_mod = make_mask_mod(modes_q.to(torch.int32), start, end, config.sink, config.local,
-                             xa_keep if has_xa is not False else None, config.xa_block, padded,
-                             only_ssa=skip_fa and not has_xa)
+                             xa_keep, config.xa_block, padded, only_ssa=skip_fa and xa_keep is None)
     kwargs = dict(BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(seq, seq))
     try:
         return BlockMask.from_kv_blocks(pc, pi, fc, fi, compute_q_blocks=False, **kwargs)
