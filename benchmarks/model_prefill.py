@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -26,7 +27,7 @@ from elastic_attention.attention.kernels import hybrid_prefill
 from elastic_attention.config import ElasticConfig
 from elastic_attention.router import AttentionRouter
 
-from cuda_timing import back_to_back_ms, warm_median_ms as timed  # benchmarks/ sits on sys.path when a script here runs
+from cuda_timing import back_to_back_ms, queued_ms, warm_median_ms as timed  # benchmarks/ sits on sys.path when a script here runs
 
 MODELS = {
     "default": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -56,7 +57,8 @@ def run_model(name, seq, old_path=True):
     torch.set_default_dtype(prev)
     ids = torch.randint(1, kw["vocab_size"], (1, seq), device="cuda")
     fwd = lambda: model(input_ids=ids, logits_to_keep=1, use_cache=False)  # noqa: E731
-    r = dict(card=torch.cuda.get_device_name(), model=name, S=seq, layers=kw["num_hidden_layers"])
+    r = dict(card=torch.cuda.get_device_name(), model=name, S=seq, layers=kw["num_hidden_layers"],
+             date=time.strftime("%Y-%m-%d"))
     with torch.no_grad():
         r["sdpa_ms"] = timed(fwd)
         ea.attach(model, ElasticConfig())
@@ -97,11 +99,13 @@ def router_vs_attention(seq=32768):
             t_eager = timed(lambda: router.decide(router.logits(keys)), reps=50)
             t_attn = timed(lambda: hybrid_prefill(q, k, v, modes, ElasticConfig(), d ** -0.5), reps=10)
             t_stream = back_to_back_ms(lambda: router(keys))
+            t_gpu = queued_ms(lambda: router(keys))
             same = torch.allclose(router(keys)[0], router.logits(keys), atol=1e-4, rtol=1e-3)
         out.append(dict(card=torch.cuda.get_device_name(), shape=name, S=seq, router_ms=t_router,
                         router_eager_ms=t_eager, router_back_to_back_ms=t_stream, fused_matches_eager=same,
                         attention_ms=t_attn, router_pct=100 * t_router / t_attn,
-                        router_back_to_back_pct=100 * t_stream / t_attn))
+                        router_back_to_back_pct=100 * t_stream / t_attn, router_gpu_ms=t_gpu,
+                        router_gpu_pct=100 * t_gpu / t_attn, date=time.strftime("%Y-%m-%d")))
         print(out[-1], flush=True)
     return out
 

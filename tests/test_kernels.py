@@ -195,6 +195,23 @@ def test_gpu_many_shapes(backend, dtype, d):
             _check_gpu(q, k, v, modes, kp, valid, cfg, backend)
 
 
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d", [64, 128])
+def test_gpu_cudnn_band_backend(dtype, d):
+    """SSA heads on cuDNN's sliding-window band + the sink merge (needs nvidia-cudnn-frontend)."""
+    from elastic_attention.attention.kernels import cudnn_band
+
+    if not cudnn_band.available():
+        pytest.skip(f"cuDNN frontend not loadable: {cudnn_band.load_error()}")
+    shapes = [(1, 8, 2, 1024), (2, 9, 3, 1000), (1, 4, 4, 777), (2, 6, 2, 200)]
+    for cfg in (ElasticConfig(sink=64, local=256), ElasticConfig(sink=1, local=100), ElasticConfig(sink=200, local=512)):
+        for i, (b, hq, hk, s) in enumerate(shapes):
+            for pool in ([FA, SSA], [SSA]):
+                q, k, v, modes, kp, valid = _case(31 + i, b, hq, hk, s, d, pool, "none", cfg, dtype, "cuda")
+                _check_gpu(q, k, v, modes, kp, valid, cfg, "cudnn")
+
+
 def _check_gpu(q, k, v, modes, kp, valid, cfg, backend):
     from elastic_attention.attention.kernels.flex import make_mask_mod
 
@@ -305,3 +322,42 @@ print("TRITON_OK")
 def test_cpu_triton_kernel_in_interpreter():
     """The Triton candidate under TRITON_INTERPRET=1 (needs the triton package, no GPU)."""
     run_in_triton_interpreter(_TRITON_SCRIPT, "TRITON_OK")
+
+
+_SINK_MERGE_SCRIPT = r'''
+import torch
+from elastic_attention.attention.kernels.sink_merge import sink_merge
+from elastic_attention.attention.masks import causal_allowed, ssa_mask
+from elastic_attention.attention.reference import masked_attention
+
+torch.manual_seed(0)
+for s, sink, local, d, heads in ((200, 16, 64, 16, (4, 2)), (150, 8, 150, 32, (2, 2)), (97, 40, 30, 16, (3, 1))):
+    hq, hk = heads
+    q = torch.randn(1, hq, s, d); k = torch.randn(1, hk, s, d); v = torch.randn(1, hk, s, d)
+    allowed = causal_allowed(1, s, s)
+    scale = d ** -0.5
+    # the window half as a band kernel gives it: output and natural-log lse over (q - local, q]
+    window = ssa_mask(allowed, 0, local)
+    scores = torch.matmul(q, k.repeat_interleave(hq // hk, 1).transpose(-1, -2)) * scale
+    lse = scores.masked_fill(~window, float("-inf")).logsumexp(-1)
+    out = masked_attention(q, k, v, window, scale)
+    wide = torch.empty(1, hq + 1, s, d)  # a slot of a larger output: strided in-place writes
+    wide[:, 1:] = out
+    sink_merge(q, k, v, wide[:, 1:], lse, sink, local, scale)
+    ref = masked_attention(q, k, v, ssa_mask(allowed, sink, local), scale)
+    err = ((wide[:, 1:] - ref).norm() / ref.norm()).item()
+    assert err < 1e-5, (s, sink, local, err)
+print("SINK_OK")
+'''
+
+
+def test_cpu_sink_merge_in_interpreter():
+    """The sink keys folded into a window result (cuDNN SSA path) equal the exact SSA attention."""
+    run_in_triton_interpreter(_SINK_MERGE_SCRIPT, "SINK_OK")
+
+
+def test_cpu_cudnn_backend_names_what_it_needs():
+    q = torch.randn(1, 2, 16, 16)
+    k = torch.randn(1, 1, 16, 16)
+    with pytest.raises(ValueError, match="nvidia-cudnn-frontend"):
+        hybrid_prefill(q, k, k, torch.tensor([[SSA]]), ElasticConfig(sink=4, local=8), 0.25, backend="cudnn")

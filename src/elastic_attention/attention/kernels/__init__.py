@@ -2,7 +2,11 @@
 
 `hybrid_prefill` is the entry point. Backends (measured against each other in
 benchmarks/prefill_attention.py, see docs/benchmarks.md):
-  "auto"    default: "split" for large layers, "flex" for small ones (SPLIT_MIN_WORK);
+  "auto"    default: "cudnn" where it can run (the cuDNN frontend is installed, no padding, no XA
+            head) on layers of at least CUDNN_MIN_WORK, else "split" for layers of at least
+            SPLIT_MIN_WORK and "flex" for smaller ones;
+  "cudnn"   SSA heads as cuDNN's sliding-window band with the sink keys merged in
+            (cudnn_band.py), FA heads by SDPA on a side stream, concurrently;
   "split"   SDPA (cuDNN / flash) on the FA heads on a side stream, concurrently with
             FlexAttention on the sparse heads (per-head BlockMask from the decisions);
   "flex"    FlexAttention on all heads, one launch (fallback; also the path with padding);
@@ -18,16 +22,21 @@ import torch
 import torch.nn.functional as F
 
 from ..masks import FA, SSA, XA
+from . import cudnn_band
 from .blocks import density as analytic_density, padding_bounds, ssa_density
 from .flex import build_block_mask, flex_run
 from .xa import xa_select
 
-PREFILL_BACKENDS = ("auto", "split", "flex", "triton", "split_triton")
+PREFILL_BACKENDS = ("auto", "cudnn", "split", "flex", "triton", "split_triton")
 DEFAULT_BACKEND = "auto"
 # "auto" splits when the layer's full causal attention has at least this many b * hq * s^2 * d
 # (about 2 ms of SDPA on an H200): below it the stream fork and the extra launches cost more than
 # cuDNN's faster FA heads save (measured in benchmarks/prefill_attention.py, docs/benchmarks.md).
 SPLIT_MIN_WORK = 3e12
+# cuDNN's band wins from about 1e12 (8B shape at 8K: 3.62 vs 4.47 ms for flex at MSR 0.7; default shape at
+# 16K: 4.16 vs 4.64); on smaller layers its per-run launches and the sink merge cost more (default
+# shape at 8K: 3.28 vs 1.75 ms), docs/benchmarks.md.
+CUDNN_MIN_WORK = 1e12
 MASK_CACHE_SIZE = 64  # BlockMasks of recent (decisions, length) pairs, unpadded prompts only
 MASK_CACHE_ENTRY_BYTES = 8 << 20  # larger masks are rebuilt each call rather than held (64 x 8 MiB at most)
 _MASKS: dict = {}
@@ -45,15 +54,16 @@ def _side_stream(device):
     return _SIDE[device]
 
 
-def fa_runs(modes):
-    """[(row, h0, h1)] contiguous runs of FA KV heads per batch row; modes: [b, hk] list or tensor."""
+def fa_runs(modes, mode: int = FA):
+    """[(row, h0, h1)] contiguous runs of KV heads in `mode` (FA by default) per batch row;
+    modes: [b, hk] list or tensor."""
     runs = []
     for row, ms in enumerate(modes.tolist() if isinstance(modes, torch.Tensor) else modes):
         h = 0
         while h < len(ms):
-            if ms[h] == FA:
+            if ms[h] == mode:
                 h1 = h
-                while h1 < len(ms) and ms[h1] == FA:
+                while h1 < len(ms) and ms[h1] == mode:
                     h1 += 1
                 runs.append((row, h, h1))
                 h = h1
@@ -94,16 +104,25 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
         xa_keep = xa_select(q, k, modes_q == XA, start, end, scale, config.xa_block, config.xa_stride,
                             config.xa_threshold)
     work = b * hq * s * s * d
+    all_full = not padded and all(m == FA for row in modes_list for m in row)
+    use_cudnn = backend == "cudnn" or (
+        backend == "auto" and work >= CUDNN_MIN_WORK and not padded and not has_xa and cudnn_band.available() and
+        cudnn_band.supported(q, config.sink))
+    if backend == "cudnn" and (padded or has_xa or not cudnn_band.available() or
+                               not cudnn_band.supported(q, config.sink)):
+        raise ValueError(
+            "the 'cudnn' prefill backend needs CUDA, the cuDNN frontend (pip install nvidia-cudnn-frontend),"
+            f" bf16/fp16, sink <= {cudnn_band.MAX_SINK}, no padding and no XA head (got padding={padded},"
+            f" XA={has_xa}, dtype={q.dtype}, sink={config.sink}, frontend error: {cudnn_band.load_error()});"
+            " use backend='auto' or 'flex'")
     split = not padded and (backend in ("split", "split_triton") or
                             (backend == "auto" and work >= SPLIT_MIN_WORK))
-    runs = fa_runs(modes_list) if split else []
-    all_full = not padded and all(m == FA for row in modes_list for m in row)
+    runs = fa_runs(modes_list) if (split or use_cudnn) else []
     if all_full and backend != "triton":  # MSR 0: the fastest causal kernel there is
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=g > 1)
     else:
         # no FA head in the sparse kernel's share: SSA/XA lists only (narrow, shorter mask rule)
-        skip_fa = (split and bool(runs)) or not any(FA in row for row in modes_list)
-        sparse = "triton" if backend in ("triton", "split_triton") else "flex"
+        skip_fa = bool(runs) or not any(FA in row for row in modes_list)
         on_cuda = q.is_cuda
         side_results = []
         if runs:
@@ -117,7 +136,13 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
                         q[row:row + 1, h0 * g:h1 * g], k[row:row + 1, h0:h1], v[row:row + 1, h0:h1],
                         is_causal=True, scale=scale, enable_gqa=g > 1)
                     side_results.append((row, h0, h1, r))
-        if sparse == "triton":
+        if use_cudnn:  # SSA runs straight into their slots of the output
+            out = torch.empty_like(q)
+            for row, h0, h1 in fa_runs(modes_list, SSA):
+                cudnn_band.ssa_attention(q[row:row + 1, h0 * g:h1 * g], k[row:row + 1, h0:h1],
+                                         v[row:row + 1, h0:h1], out[row:row + 1, h0 * g:h1 * g],
+                                         config.sink, config.local, scale)
+        elif backend in ("triton", "split_triton"):
             from .triton_hybrid import triton_hybrid
             out = triton_hybrid(q, k, v, modes_q, start, end, config, scale, xa_keep, skip_fa, has_xa=has_xa)
         elif padded or has_xa:  # the mask depends on the data: built for this call
