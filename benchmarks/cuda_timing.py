@@ -17,6 +17,11 @@ def back_to_back_ms(fn, n: int = 100) -> float:
     launch overlaps earlier work, as inside a model's forward (vs one call from idle)."""
     fn()
     torch.cuda.synchronize()
+    return _per_call_ms(fn, n)
+
+
+def _per_call_ms(fn, n: int) -> float:
+    """Milliseconds per call of n calls queued between two events (no sync in between)."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(n):
@@ -48,12 +53,6 @@ def queued_ms(fn, n: int = 20, busy_ms_target: float = 20.0) -> float:
     a @ a
     torch.cuda.synchronize()
     one = cuda_median_ms(lambda: a @ a, 3)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     for _ in range(int(busy_ms_target / max(one, 1e-3)) + 1):
         a @ a
-    start.record()
-    for _ in range(n):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / n
+    return _per_call_ms(fn, n)

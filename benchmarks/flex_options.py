@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from elastic_attention.attention import FA, SSA
-from elastic_attention.attention.kernels import fa_runs
+from elastic_attention.attention.kernels import head_runs
 from elastic_attention.attention.kernels.blocks import padding_bounds
 from elastic_attention.attention.kernels.flex import build_block_mask, flex_run
 from elastic_attention.config import ElasticConfig
@@ -72,7 +72,7 @@ def main():
         bm = build_block_mask(modes_q, st, en, s, cfg, None, skip_fa, has_xa=False, padded=False)
         base = dict(card=card, shape=shape, S=s, batch=b, msr=n_sp / (b * hk),
                     part="sparse heads (split)" if skip_fa else "all heads (flex)")
-        runs = fa_runs(modes.tolist())
+        runs = head_runs(modes.tolist(), FA)
 
         def fa_part():
             for row, h0, h1 in runs:

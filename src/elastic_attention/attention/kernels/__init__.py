@@ -54,9 +54,9 @@ def _side_stream(device):
     return _SIDE[device]
 
 
-def fa_runs(modes, mode: int = FA):
-    """[(row, h0, h1)] contiguous runs of KV heads in `mode` (FA by default) per batch row;
-    modes: [b, hk] list or tensor."""
+def head_runs(modes, mode: int):
+    """[(row, h0, h1)] contiguous runs of KV heads in `mode` per batch row; modes: [b, hk] list or
+    tensor. Each run is one kernel call on views of q, k, v and the output (no gather copies)."""
     runs = []
     for row, ms in enumerate(modes.tolist() if isinstance(modes, torch.Tensor) else modes):
         h = 0
@@ -94,9 +94,13 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
     hk = k.shape[1]
     g = hq // hk
     padded = key_padding is not None and not bool(key_padding.all())
-    start, end = padding_bounds(key_padding if padded else None, b, s, q.device)
     modes = modes.to(device=q.device, dtype=torch.int64)
     modes_list = modes.tolist()  # the one host sync of the call
+    if not padded and backend != "triton" and all(m == FA for row in modes_list for m in row):
+        # MSR 0: the fastest causal kernel there is, with nothing else set up before it
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=g > 1)
+        return (out, torch.ones(b, hk, device=q.device)) if return_density else out
+    start, end = padding_bounds(key_padding if padded else None, b, s, q.device)
     has_xa = any(XA in row for row in modes_list)
     modes_q = modes.repeat_interleave(g, dim=1)
     xa_keep = None
@@ -104,7 +108,6 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
         xa_keep = xa_select(q, k, modes_q == XA, start, end, scale, config.xa_block, config.xa_stride,
                             config.xa_threshold)
     work = b * hq * s * s * d
-    all_full = not padded and all(m == FA for row in modes_list for m in row)
     use_cudnn = backend == "cudnn" or (
         backend == "auto" and work >= CUDNN_MIN_WORK and not padded and not has_xa and cudnn_band.available() and
         cudnn_band.supported(q, config.sink))
@@ -117,54 +120,51 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
             " use backend='auto' or 'flex'")
     split = not padded and (backend in ("split", "split_triton") or
                             (backend == "auto" and work >= SPLIT_MIN_WORK))
-    runs = fa_runs(modes_list) if (split or use_cudnn) else []
-    if all_full and backend != "triton":  # MSR 0: the fastest causal kernel there is
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=g > 1)
-    else:
-        # no FA head in the sparse kernel's share: SSA/XA lists only (narrow, shorter mask rule)
-        skip_fa = bool(runs) or not any(FA in row for row in modes_list)
-        on_cuda = q.is_cuda
-        side_results = []
-        if runs:
-            main = torch.cuda.current_stream(q.device) if on_cuda else None
-            side = _side_stream(q.device) if on_cuda else None
+    runs = head_runs(modes_list, FA) if (split or use_cudnn) else []
+    # no FA head in the sparse kernel's share: SSA/XA lists only (narrow, shorter mask rule)
+    skip_fa = bool(runs) or not any(FA in row for row in modes_list)
+    on_cuda = q.is_cuda
+    side_results = []
+    if runs:
+        main = torch.cuda.current_stream(q.device) if on_cuda else None
+        side = _side_stream(q.device) if on_cuda else None
+        if on_cuda:
+            side.wait_stream(main)
+        with torch.cuda.stream(side) if on_cuda else _null():
+            for row, h0, h1 in runs:
+                r = F.scaled_dot_product_attention(
+                    q[row:row + 1, h0 * g:h1 * g], k[row:row + 1, h0:h1], v[row:row + 1, h0:h1],
+                    is_causal=True, scale=scale, enable_gqa=g > 1)
+                side_results.append((row, h0, h1, r))
+    if use_cudnn:  # SSA runs straight into their slots of the output
+        out = torch.empty_like(q)
+        for row, h0, h1 in head_runs(modes_list, SSA):
+            cudnn_band.ssa_attention(q[row:row + 1, h0 * g:h1 * g], k[row:row + 1, h0:h1],
+                                     v[row:row + 1, h0:h1], out[row:row + 1, h0 * g:h1 * g],
+                                     config.sink, config.local, scale)
+    elif backend in ("triton", "split_triton"):
+        from .triton_hybrid import triton_hybrid
+        out = triton_hybrid(q, k, v, modes_q, start, end, config, scale, xa_keep, skip_fa, has_xa=has_xa)
+    elif padded or has_xa:  # the mask depends on the data: built for this call
+        bm = build_block_mask(modes_q, start, end, s, config, xa_keep, skip_fa, has_xa=has_xa, padded=True)
+        out = flex_run(q, k, v, bm, scale, kernel_options)
+    else:  # depends on the decisions and the length only: reused across layers and calls
+        key = (tuple(map(tuple, modes_list)), skip_fa, hq, s, config.sink, config.local, str(q.device))
+        bm = _MASKS.pop(key, None)
+        if bm is None:
+            bm = build_block_mask(modes_q, start, end, s, config, None, skip_fa, has_xa=False, padded=False)
+        if _mask_bytes(bm) <= MASK_CACHE_ENTRY_BYTES:  # wide lists (every head, long prompt) stay uncached
+            _MASKS[key] = bm  # most recently used last
+            if len(_MASKS) > MASK_CACHE_SIZE:
+                _MASKS.pop(next(iter(_MASKS)))
+        out = flex_run(q, k, v, bm, scale, kernel_options)
+    if runs:
+        if on_cuda:
+            main.wait_stream(side)
+        for row, h0, h1, r in side_results:
             if on_cuda:
-                side.wait_stream(main)
-            with torch.cuda.stream(side) if on_cuda else _null():
-                for row, h0, h1 in runs:
-                    r = F.scaled_dot_product_attention(
-                        q[row:row + 1, h0 * g:h1 * g], k[row:row + 1, h0:h1], v[row:row + 1, h0:h1],
-                        is_causal=True, scale=scale, enable_gqa=g > 1)
-                    side_results.append((row, h0, h1, r))
-        if use_cudnn:  # SSA runs straight into their slots of the output
-            out = torch.empty_like(q)
-            for row, h0, h1 in fa_runs(modes_list, SSA):
-                cudnn_band.ssa_attention(q[row:row + 1, h0 * g:h1 * g], k[row:row + 1, h0:h1],
-                                         v[row:row + 1, h0:h1], out[row:row + 1, h0 * g:h1 * g],
-                                         config.sink, config.local, scale)
-        elif backend in ("triton", "split_triton"):
-            from .triton_hybrid import triton_hybrid
-            out = triton_hybrid(q, k, v, modes_q, start, end, config, scale, xa_keep, skip_fa, has_xa=has_xa)
-        elif padded or has_xa:  # the mask depends on the data: built for this call
-            bm = build_block_mask(modes_q, start, end, s, config, xa_keep, skip_fa, has_xa=has_xa, padded=True)
-            out = flex_run(q, k, v, bm, scale, kernel_options)
-        else:  # depends on the decisions and the length only: reused across layers and calls
-            key = (tuple(map(tuple, modes_list)), skip_fa, hq, s, config.sink, config.local, str(q.device))
-            bm = _MASKS.pop(key, None)
-            if bm is None:
-                bm = build_block_mask(modes_q, start, end, s, config, None, skip_fa, has_xa=False, padded=False)
-            if _mask_bytes(bm) <= MASK_CACHE_ENTRY_BYTES:  # wide lists (every head, long prompt) stay uncached
-                _MASKS[key] = bm  # most recently used last
-                if len(_MASKS) > MASK_CACHE_SIZE:
-                    _MASKS.pop(next(iter(_MASKS)))
-            out = flex_run(q, k, v, bm, scale, kernel_options)
-        if runs:
-            if on_cuda:
-                main.wait_stream(side)
-            for row, h0, h1, r in side_results:
-                if on_cuda:
-                    r.record_stream(main)
-                out[row:row + 1, h0 * g:h1 * g] = r
+                r.record_stream(main)
+            out[row:row + 1, h0 * g:h1 * g] = r
     if return_density and not padded and not has_xa:  # no per-row work: one op
         return out, torch.where(modes == SSA, ssa_density(s, config), 1.0).float()
     if return_density:

@@ -51,7 +51,7 @@ def load_error() -> str | None:
     return _STATE.get("error")
 
 
-def available(device: torch.device | None = None) -> bool:
+def available() -> bool:
     """Whether the cuDNN band path can run here (CUDA, Triton and the cuDNN frontend present)."""
     return torch.cuda.is_available() and HAVE_TRITON and _cudnn() is not None
 
