@@ -33,9 +33,9 @@ DEFAULT_BACKEND = "auto"
 # (about 2 ms of SDPA on an H200): below it the stream fork and the extra launches cost more than
 # cuDNN's faster FA heads save (measured in benchmarks/prefill_attention.py, docs/benchmarks.md).
 SPLIT_MIN_WORK = 3e12
-# cuDNN's band wins from about 1e12 (8B shape at 8K: 3.62 vs 4.47 ms for flex at MSR 0.7; default shape at
-# 16K: 4.16 vs 4.64); on smaller layers its per-run launches and the sink merge cost more (default
-# shape at 8K: 3.28 vs 1.75 ms), docs/benchmarks.md.
+# cuDNN's band wins from about 1e12 (MSR 0.7: 8B shape at 8K 3.75 vs 4.67 ms for flex, default shape at
+# 16K 4.10 vs 4.86); on smaller layers its per-run calls and the sink merge cost more (default shape at
+# 8K: 1.87 vs 1.60 ms). benchmarks/results/prefill_attention.json, docs/benchmarks.md.
 CUDNN_MIN_WORK = 1e12
 MASK_CACHE_SIZE = 64  # BlockMasks of recent (decisions, length) pairs, unpadded prompts only
 MASK_CACHE_ENTRY_BYTES = 8 << 20  # larger masks are rebuilt each call rather than held (64 x 8 MiB at most)
