@@ -1,6 +1,6 @@
 """Ways to run FA-SSA (sink 128 + 2K window) through PyTorch's own kernels, timed against FlexAttention.
 
-Usage (GPU, repo root): PYTHONPATH=src python benchmarks/ssa_decompositions.py   (writes $OUT/probe.json)
+Usage (GPU, repo root): PYTHONPATH=src python benchmarks/ssa_decompositions.py   (writes $OUT/ssa_decompositions.json)
 8B shape, the MSR-0.7 SSA heads at 64K (28 KV / 112 q heads, d 128). Tried: query chunks of C tokens
 batched over a strided view of their key band (C + window keys) through PyTorch's private cuDNN op,
 with an additive band mask and without it (the unmasked rectangle is not exact: it only bounds the
@@ -134,4 +134,4 @@ for d, hk in ((128, 8), (64, 3)):
         rec(f"router_d{d}_gpu", gpu_time(lambda: r(keys)))
         rec(f"router_d{d}_host", host_time(lambda: r(keys)))
         rec(f"router_d{d}_idle", warm_median_ms(lambda: r(keys), reps=50))
-json.dump(res, open(os.path.join(os.environ.get("OUT", "."), "probe.json"), "w"), indent=1)
+json.dump(res, open(os.path.join(os.environ.get("OUT", "."), "ssa_decompositions.json"), "w"), indent=1)

@@ -108,16 +108,14 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
         xa_keep = xa_select(q, k, modes_q == XA, start, end, scale, config.xa_block, config.xa_stride,
                             config.xa_threshold)
     work = b * hq * s * s * d
-    use_cudnn = backend == "cudnn" or (
-        backend == "auto" and work >= CUDNN_MIN_WORK and not padded and not has_xa and cudnn_band.available() and
-        cudnn_band.supported(q, config.sink))
-    if backend == "cudnn" and (padded or has_xa or not cudnn_band.available() or
-                               not cudnn_band.supported(q, config.sink)):
+    cudnn_ok = (not padded and not has_xa and cudnn_band.supported(q, config.sink) and cudnn_band.available())
+    if backend == "cudnn" and not cudnn_ok:
         raise ValueError(
             "the 'cudnn' prefill backend needs CUDA, the cuDNN frontend (pip install nvidia-cudnn-frontend),"
             f" bf16/fp16, sink <= {cudnn_band.MAX_SINK}, no padding and no XA head (got padding={padded},"
             f" XA={has_xa}, dtype={q.dtype}, sink={config.sink}, frontend error: {cudnn_band.load_error()});"
             " use backend='auto' or 'flex'")
+    use_cudnn = backend == "cudnn" or (backend == "auto" and work >= CUDNN_MIN_WORK and cudnn_ok)
     split = not padded and (backend in ("split", "split_triton") or
                             (backend == "auto" and work >= SPLIT_MIN_WORK))
     runs = head_runs(modes_list, FA) if (split or use_cudnn) else []
