@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .masks import causal_allowed
+from .banded import ssa_banded_attention
+from .masks import SSA, causal_allowed
 from .reference import masked_attention
 
 BACKENDS = ("sdpa", "reference")
@@ -40,16 +41,18 @@ def attention(q, k, v, mask, scale, backend: str = "sdpa") -> torch.Tensor:
 
 
 def hybrid_attention(q, k, v, modes: torch.Tensor, masks: dict, scale: float,
-                     backend: str = "sdpa") -> torch.Tensor:
+                     backend: str = "sdpa", ssa_window: tuple[int, int] | None = None) -> torch.Tensor:
     """Every KV head in its own mode, each head computed once.
 
     modes: [b, hk] ints (FA / SSA / XA); masks: mode -> bool mask [b, 1 or hq, sq, skv] or None
     (plain causal). Heads are gathered by mode per batch row (serial dispatch), so a mode's mask
-    is shared by its heads instead of being expanded per head.
+    is shared by its heads instead of being expanded per head. ssa_window: (sink, local) runs SSA
+    heads as `ssa_banded_attention` (SDPA on key bands; plain causal prefill only: sq == skv,
+    nothing padded) without reading masks[SSA].
     """
     present = modes.unique().tolist()
     if len(present) == 1:
-        return attention(q, k, v, masks[present[0]], scale, backend)
+        return _mode_attention(present[0], q, k, v, masks, None, scale, backend, ssa_window)
     b, hq = q.shape[:2]
     groups = hq // k.shape[1]
     out = torch.empty_like(q)
@@ -58,9 +61,18 @@ def hybrid_attention(q, k, v, modes: torch.Tensor, masks: dict, scale: float,
         for mode in modes[row].unique().tolist():
             kv_idx = (modes[row] == mode).nonzero().flatten()
             q_idx = (kv_idx[:, None] * groups + offsets).flatten()
-            mask = masks[mode]
-            if mask is not None:
-                mask = mask[row:row + 1, q_idx] if mask.shape[1] > 1 else mask[row:row + 1]
-            out[row:row + 1, q_idx] = attention(q[row:row + 1, q_idx], k[row:row + 1, kv_idx],
-                                                v[row:row + 1, kv_idx], mask, scale, backend)
+            out[row:row + 1, q_idx] = _mode_attention(mode, q[row:row + 1, q_idx], k[row:row + 1, kv_idx],
+                                                      v[row:row + 1, kv_idx], masks, (row, q_idx), scale,
+                                                      backend, ssa_window)
     return out
+
+
+def _mode_attention(mode, q, k, v, masks, part, scale, backend, ssa_window) -> torch.Tensor:
+    """The heads of one mode; part: (batch row, query-head indices) that q, k, v hold, None = all."""
+    if mode == SSA and ssa_window is not None:
+        return ssa_banded_attention(q, k, v, *ssa_window, scale)
+    mask = masks[mode]
+    if mask is not None and part is not None:
+        row, q_idx = part
+        mask = mask[row:row + 1, q_idx] if mask.shape[1] > 1 else mask[row:row + 1]
+    return attention(q, k, v, mask, scale, backend)

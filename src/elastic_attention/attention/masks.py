@@ -53,6 +53,16 @@ def ssa_mask(allowed: torch.Tensor, sink: int, local: int) -> torch.Tensor:
     return allowed & ((rank <= sink) | (rank > total - local))
 
 
+def ssa_pair_count(n: int, sink: int, local: int) -> int:
+    """(query, key) pairs `ssa_mask` keeps in an n-token causal prefill without padding.
+
+    Query i keeps {j <= i : j < sink or j > i - local}: min(i + 1, local) window keys plus the
+    max(0, min(sink, i + 1 - local)) sink keys before the window, min(i + 1, sink + local) in all.
+    """
+    w = sink + local
+    return n * (n + 1) // 2 if n <= w else w * (w + 1) // 2 + (n - w) * w
+
+
 def xa_mask(q: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor, scale: float,
             block: int, stride: int, threshold: float) -> torch.Tensor:
     """XAttention block selection, per query head: [b, hq, q, kv] bool.

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..masks import SSA, XA
+from ..masks import SSA, XA, ssa_pair_count
 
 
 def padding_bounds(key_padding: torch.Tensor | None, batch: int, seq: int, device):
@@ -191,9 +191,7 @@ def _tri(n):
 
 def ssa_density(n: int, config) -> float:
     """Fraction of the causal pairs of an n-token prompt that an SSA head keeps (no padding)."""
-    w = config.sink + config.local
-    kept = _tri(n) if n <= w else _tri(w) + (n - w) * w
-    return kept / max(_tri(n), 1)
+    return ssa_pair_count(n, config.sink, config.local) / max(_tri(n), 1)
 
 
 def density(modes: torch.Tensor, start, end, config, xa_keep: torch.Tensor | None = None) -> torch.Tensor:
