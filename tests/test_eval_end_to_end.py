@@ -105,3 +105,38 @@ def test_newline_stop_rule_waits_for_content():
 
     assert not _line_done(":\n") and not _line_done("\n\n") and not _line_done(": 123")
     assert _line_done(":\n1234567\n") and _line_done(" 1234567.\nThe")
+
+
+def test_make_data_tasks_static_at_the_elastic_msr_and_categories(setup, tmp_path):
+    """make-data tasks evaluate (unseen draws, scored), static:elastic runs at the elastic method's mean MSR,
+    and the table summarises by category."""
+    from elastic_attention.eval.mix import SCORING, mix_samples
+    from elastic_attention.training.make_data import make_records
+
+    root = setup
+    tok = tiny_tokenizer()
+    for seed in (0, 1):  # never a prompt of make-data, whatever its seed
+        made = {r["prompt"] for r in make_records(tok, [300], 2, seed=seed, tasks=["passkey", "topic_ending"])}
+        for task in ("passkey", "topic_ending"):
+            for s in mix_samples(tok, task, 300, 2, seed=seed):
+                assert tok.decode(s.input_ids) not in made
+    sample = mix_samples(tok, "kv_retrieval", 300, 1)[0]
+    assert sample.scorer(sample.answers[0] + '"') == 1.0 and sample.scorer("no idea") == 0.0
+    assert set(SCORING) == {"passkey", "multikey_needle", "kv_retrieval", "variable_tracking", "multidoc_qa",
+                            "prose_continuation", "code_continuation", "fewshot_pattern", "topic_ending"}
+
+    results, paths = command.evaluate(str(root / "model"), router=str(root / "router"),
+                                      methods="full,elastic,static:elastic", tasks="passkey,topic_ending,vt",
+                                      lengths="300", samples=2, out=tmp_path, max_new_tokens=2, score_samples=2,
+                                      score_length=256, sparsity_bias=0.5, progress=False, plots=False)
+    elastic = [r["msr"] for r in results.records if r["method"] == "elastic"]
+    matched = results.config["static_elastic_msr"]
+    assert matched == pytest.approx(sum(elastic) / len(elastic))
+    static = [r["msr"] for r in results.records if r["method"] == "static:elastic"]
+    assert len(static) == len(elastic) and all(abs(m - matched) <= 0.5 / 4 for m in static)  # 4 heads: rounding
+    assert results.config["categories"] == {"passkey": "sensitive", "topic_ending": "robust", "vt": "sensitive"}
+    assert results.config["sparsity_bias"] == 0.5
+    table = paths["table"].read_text()
+    assert "| sensitive |" in table and "| robust |" in table and f"MSR {matched:.3f}" in table
+    with pytest.raises(ValueError, match="list 'elastic' too"):
+        command.evaluate(str(root / "model"), methods="full,static:elastic", out=None)

@@ -16,7 +16,7 @@ from elastic_attention.training import TrainConfig, train
 from elastic_attention.training.data import Batcher, Targets, collate, encode, load_records, parse_target
 from elastic_attention.training.make_data import TASKS, make_records
 from helpers import tiny_model
-from training_tools import char_tokenizer, two_task_records, write_jsonl
+from training_tools import TOY_MODEL, TOY_POOL, char_tokenizer, instruction_records, two_task_records, write_jsonl
 
 CFG = ea.ElasticConfig(sink=2, local=4)
 FAST = dict(max_len=64, batch_size=4, lr=3e-2, lambda_lr=3e-2, save_every=1000, progress=False)
@@ -62,6 +62,27 @@ def test_router_learns_per_prompt_sparsity(trained):
     high = held_out_msr(trained["model"], trained["tok"], "lower")
     low = held_out_msr(trained["model"], trained["tok"], "digits")
     assert high - low >= 0.5, (high, low)
+
+
+def test_routing_follows_the_instruction_alone(tmp_path):
+    """Two tasks whose prompts differ only in their 14-character first line (bodies drawn alike, the same
+    question at the end), targets 1.0 / 0.0, the default recipe (standardised router inputs, router lr
+    5e-3): on 40 held-out prompts the robust task runs at least 0.8 sparser than the sensitive one.
+    benchmarks/router_learning_toy.py measured this run's seeds 0 / 1 / 2 at gaps 0.95 / 0.83 / 0.81, and
+    the paper's settings (raw inputs, lr 5e-4) at 0.00 for all three: one MSR for every prompt."""
+    data = write_jsonl(instruction_records(128, seed=0), tmp_path / "data.jsonl")
+    tok = char_tokenizer()
+    model = ea.attach(tiny_model("llama", **TOY_MODEL), ea.ElasticConfig(sink=4, local=32, pool_tokens=TOY_POOL))
+    train(TrainConfig(data=str(data), out=str(tmp_path / "out"), steps=300, max_len=384, batch_size=4,
+                      targets={"robust": 1.0, "sensitive": 0.0}, save_every=1000, progress=False), model, tok)
+    model.eval()
+    msr = {"copy": [], "find": []}
+    with torch.no_grad():
+        for r in instruction_records(40, seed=99):
+            model(torch.tensor([tok(r["prompt"], add_special_tokens=False)["input_ids"]]))
+            msr[r["task"]].append(ea.routing_stats(model).msr.item())
+    robust, sensitive = (sum(v) / len(v) for v in (msr["copy"], msr["find"]))
+    assert robust - sensitive >= 0.8, (robust, sensitive)
 
 
 def test_multiplier_of_a_constraint_below_target_grows(trained):

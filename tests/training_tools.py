@@ -37,3 +37,26 @@ def two_task_records(n: int, seed: int, length: int = 40) -> list[dict]:
 def write_jsonl(records, path):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
+
+
+INSTRUCTIONS = {"robust": "Copy the end.\n", "sensitive": "Find the key.\n"}  # equal lengths: no length cue
+# The toy of benchmarks/router_learning_toy.py and of the instruction test: a tiny random Llama, 4 layers x
+# 2 KV heads; routers pool 20 tokens, so the 14-character first line is most of the first slice.
+TOY_MODEL = dict(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, hidden_size=64,
+                 intermediate_size=128)
+TOY_POOL = 20
+
+
+def instruction_records(n: int, seed: int, length: int = 300) -> list[dict]:
+    """Two tasks whose prompts differ only in their first line: 'copy' (robust: the answer is the body's
+    last letters) and 'find' (sensitive: its first letters). Bodies are random letters and spaces, drawn
+    alike for both, and every prompt ends with the same question."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        body = "".join(rng.choice(string.ascii_lowercase + " ") for _ in range(rng.randint(length - 20, length)))
+        category = "robust" if i % 2 == 0 else "sensitive"
+        answer = body.replace(" ", "")[-3:] if category == "robust" else body.replace(" ", "")[:3]
+        out.append({"task": "copy" if category == "robust" else "find", "category": category,
+                    "prompt": INSTRUCTIONS[category] + body + "\nAnswer:", "answer": " " + answer})
+    return out

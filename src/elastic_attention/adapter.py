@@ -1,4 +1,8 @@
-"""Routers on disk, like a PEFT adapter: elastic_config.json + router.safetensors."""
+"""Routers on disk, like a PEFT adapter: elastic_config.json + router.safetensors.
+
+Routers trained by the project ship inside the package (elastic_attention/routers/NAME/); `load_router(model)`
+without a path, or with "default", loads the one trained for the model's shape.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from .config import ElasticConfig
@@ -14,11 +19,16 @@ from .integrations.hf import attach, detach, model_signature, routers, runtime_o
 
 CONFIG_NAME = "elastic_config.json"
 WEIGHTS_NAME = "router.safetensors"
+SHIPPED = Path(__file__).resolve().parent / "routers"
 
 
-def save_router(model, path) -> Path:
-    """Write the attached routers and their config to the directory `path` (created if needed)."""
-    state = {f"layers.{name}": t.detach().contiguous().cpu() for name, t in routers(model).state_dict().items()}
+def save_router(model, path, dtype: torch.dtype | None = None) -> Path:
+    """Write the attached routers and their config to the directory `path` (created if needed).
+
+    dtype (e.g. torch.float16) stores the floating-point tensors in that type: half the file; loading
+    casts them back to the routers' own dtype."""
+    state = {f"layers.{name}": t.detach().to(dtype if dtype is not None and t.is_floating_point() else t.dtype)
+             .contiguous().cpu() for name, t in routers(model).state_dict().items()}
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     _atomic_write(path / WEIGHTS_NAME, lambda f: save_file(state, f))
@@ -49,9 +59,30 @@ def read_config(model, path: Path, weights_name: str, kind: str, writer: str) ->
     return config
 
 
-def load_router(model, path):
-    """Load routers saved by `save_router` onto `model` (attaching them if needed). Returns the model."""
-    path = Path(path)
+def shipped_routers() -> dict[str, Path]:
+    """The routers that ship with the package: name -> directory."""
+    if not SHIPPED.is_dir():
+        return {}
+    return {p.name: p for p in sorted(SHIPPED.iterdir()) if (p / CONFIG_NAME).is_file() and (p / WEIGHTS_NAME).is_file()}
+
+
+def default_router_path(model) -> Path:
+    """The shipped router trained for `model`'s shape (model type, layers, KV heads, head_dim)."""
+    ours = model_signature(model)
+    for path in shipped_routers().values():
+        if json.loads((path / CONFIG_NAME).read_text()).get("base_model") == ours:
+            return path
+    names = ", ".join(f"{n} ({json.loads((p / CONFIG_NAME).read_text()).get('base_model')})"
+                      for n, p in shipped_routers().items()) or "none"
+    raise ValueError(f"no shipped router fits this model ({ours}); shipped routers: {names}. Train one with "
+                     "`elastic-attn train` and load it with load_router(model, DIR)")
+
+
+def load_router(model, path=None):
+    """Load routers saved by `save_router` onto `model` (attaching them if needed). Returns the model.
+
+    path None or "default": the shipped router trained for this model (the default model has one)."""
+    path = default_router_path(model) if path is None or str(path) == "default" else Path(path)
     config = read_config(model, path, WEIGHTS_NAME, "router", "save_router")
     if getattr(model, "elastic_runtime", None) is not None:
         detach(model)
@@ -68,6 +99,9 @@ def _atomic_write(target: Path, write) -> None:
     """Write to a temporary file beside `target`, then rename: a crash never leaves half a file."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private (0600); a saved router is an ordinary file
     try:
         write(tmp)
         os.replace(tmp, target)

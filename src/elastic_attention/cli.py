@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import ElasticConfig, attach, force_mode, load_router, routers, routing_stats
+from . import ElasticConfig, attach, force_mode, load_router, routers, routing_stats, sparsity_bias
 from .eval.command import add_parser as add_eval_parser
 from .training.command import add_parsers as add_training_parsers
 from .integrations.hf import model_signature, runtime_of
@@ -54,7 +54,8 @@ def _load(args):
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default",
                    help="'default' (SmolLM2-135M-Instruct, offline), a .gguf file, or a transformers model directory")
-    p.add_argument("--router", help="directory written by save_router / `elastic-attn train`")
+    p.add_argument("--router", help="directory written by save_router / `elastic-attn train`, or 'default' for the "
+                                    "router shipped for the model")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto: bfloat16 on GPU, float32 on CPU")
 
@@ -129,7 +130,7 @@ def cmd_generate(args) -> int:
               "--mode sparse or --mode static:0.5 to see sparse heads", file=sys.stderr)
     forced, mode = _apply_mode(args, model, tokenizer)
     device = next(model.parameters()).device
-    with forced:
+    with forced, sparsity_bias(model, args.sparsity_bias):
         gen = greedy_generate(model, torch.tensor([ids], device=device), args.max_new_tokens,
                               tokenizer.eos_token_id, progress=True)
     text = tokenizer.decode(gen.tokens, skip_special_tokens=True)
@@ -179,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--mode", help="router (default with --router), full (default without), sparse, or "
                                   "static:MSR (retrieval-score ranked static hybrid, e.g. static:0.5)")
+    p.add_argument("--sparsity-bias", type=float, default=0.0,
+                   help="added to every router logit before its decision: > 0 sparser, < 0 denser (default 0)")
     p.add_argument("--score-samples", type=int, default=8, help="passkey prompts for static:MSR head ranking")
     p.add_argument("--score-length", type=int, default=1024, help="their length in tokens")
     p.add_argument("--max-new-tokens", type=int, default=16)

@@ -10,6 +10,7 @@ from pathlib import Path
 RETRIEVAL_MODES = ("fa", "xa")
 SPARSE_MODES = ("ssa", "xa")
 TAU_SCHEDULES = ("exp", "cosine", "constant")
+ROUTER_NORMS = ("none", "standardize")
 
 
 @dataclass
@@ -30,6 +31,9 @@ class ElasticConfig:
     xa_threshold: float = 0.9  # XA: probability mass the kept key blocks must reach
     pool_tokens: int = 100  # router pools the first and the last N prompt tokens
     router_hidden_mult: int = 4  # router MLP width = mult * head_dim
+    # "standardize": pooled keys standardised per (KV head, channel) with statistics of training prompts,
+    # plus a learned per-head logit bias; "none": the paper's router (docs/training.md has the measurements)
+    router_norm: str = "standardize"
     tau_schedule: str = "exp"  # Gumbel-sigmoid temperature schedule during training
     tau_init: float = 1.5
     tau_min: float = 1.0
@@ -56,6 +60,8 @@ class ElasticConfig:
              f"xa_block={self.xa_block} must be a multiple of xa_stride={self.xa_stride}")
         need(isinstance(self.xa_threshold, (int, float)) and 0.0 < self.xa_threshold <= 1.0,
              f"xa_threshold={self.xa_threshold!r} must lie in (0, 1]; the paper uses 0.9")
+        need(self.router_norm in ROUTER_NORMS,
+             f"router_norm={self.router_norm!r} is not known; use one of {ROUTER_NORMS}")
         need(self.tau_schedule in TAU_SCHEDULES,
              f"tau_schedule={self.tau_schedule!r} is not known; use one of {TAU_SCHEDULES}")
         need(self.tau_init > 0 and self.tau_min > 0,

@@ -1,6 +1,8 @@
-"""force_mode: override the router (full, all-sparse, or a static per-head mask)."""
+"""force_mode: override the router (full, all-sparse, or a static per-head mask); sparsity_bias: shift it."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -43,3 +45,28 @@ def _check(mode, rt):
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {MODES} or a bool tensor [layers, kv_heads]")
     return None if mode == "router" else mode
+
+
+class sparsity_bias:
+    """Shift every router's decision threshold: a head goes sparse when logit + value > 0.
+
+    value > 0 trades quality for speed (more sparse heads), value < 0 the reverse, without retraining;
+    0 is the trained router. Takes effect at once for inference prefills (training ignores it) and, used
+    as a context manager, is undone on exit. docs/training.md shows MSR and scores against the value.
+    """
+
+    def __init__(self, model, value: float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"sparsity bias {value!r} must be a finite number (0 = the trained router; "
+                             "positive = sparser, negative = denser; the router logits are of order 1-10)")
+        self.runtime = runtime_of(model)
+        self.model = model
+        self.previous = self.runtime.sparsity_bias
+        self.runtime.sparsity_bias = float(value)
+
+    def __enter__(self):
+        return self.model
+
+    def __exit__(self, *exc):
+        self.runtime.sparsity_bias = self.previous
+        return False

@@ -27,11 +27,12 @@ class StaticGate(nn.Module):
         self.logits = nn.Parameter(torch.full((num_layers, kv_heads), float(init)))
         self.tau = 1.0
 
-    def decide(self, layer: int, batch: int) -> torch.Tensor:
-        """[batch, kv_heads] decisions of one layer (the same for every row)."""
+    def decide(self, layer: int, batch: int, shift: float = 0.0) -> torch.Tensor:
+        """[batch, kv_heads] decisions of one layer (the same for every row); shift moves the inference
+        threshold like a router's (sparsity_bias)."""
         z = self.logits[layer].float().expand(batch, -1)
         if not self.training:
-            return (z > 0).float()
+            return (z + shift > 0).float()
         soft = torch.sigmoid((z + gumbel_noise(z.shape, z.device)) / self.tau)
         return (soft > 0.5).float() - soft.detach() + soft
 

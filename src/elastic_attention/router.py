@@ -1,6 +1,9 @@
 """AttentionRouter: pooled pre-RoPE keys -> task MLP -> router MLP -> one logit per KV head.
 
-A positive logit means "sparse" (r = 1), the paper's convention.
+A positive logit means "sparse" (r = 1), the paper's convention. With norm="standardize" the pooled
+keys are standardised per (KV head, channel) with statistics measured on training prompts, and a
+learned per-head bias is added to the logit (docs/training.md says why: the part of the pooled keys that
+varies between prompts is a small fraction of their norm).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .config import ROUTER_NORMS
 from .router_kernel import fused_supported, route_fused
 
 
@@ -41,27 +45,44 @@ def gumbel_noise(shape, device, generator: torch.Generator | None = None, eps: f
 
 
 class AttentionRouter(nn.Module):
-    """One per layer, shared by its KV heads; about 16 d^2 parameters (0.26 M at d = 128)."""
+    """One per layer, shared by its KV heads; about 16 d^2 parameters (0.26 M at d = 128).
 
-    def __init__(self, head_dim: int, hidden_mult: int = 4, pool_tokens: int = 100):
+    norm="none" is the paper's router. norm="standardize" (needs kv_heads) adds the buffers
+    input_mean / input_std [kv_heads, d], set by `calibrate` (identity until then), and the parameter
+    head_bias [kv_heads].
+    """
+
+    def __init__(self, head_dim: int, hidden_mult: int = 4, pool_tokens: int = 100, kv_heads: int | None = None,
+                 norm: str = "none"):
         super().__init__()
+        if norm not in ROUTER_NORMS:
+            raise ValueError(f"router norm {norm!r} is not known; use one of {ROUTER_NORMS}")
         hidden = hidden_mult * head_dim
         self.pool_tokens = pool_tokens
+        self.norm = norm
         self.task = nn.Sequential(nn.Linear(head_dim, hidden), nn.SiLU(), nn.Linear(hidden, head_dim))
         self.router = nn.Sequential(nn.Linear(head_dim, hidden), nn.SiLU(), nn.Linear(hidden, head_dim),
                                     nn.SiLU(), nn.Linear(head_dim, 1))
+        if norm == "standardize":
+            if not kv_heads or kv_heads < 1:
+                raise ValueError("norm='standardize' needs kv_heads, the number of KV heads the router serves")
+            self.register_buffer("input_mean", torch.zeros(kv_heads, head_dim))
+            self.register_buffer("input_std", torch.ones(kv_heads, head_dim))
+            self.head_bias = nn.Parameter(torch.zeros(kv_heads))
         self.tau = 1.0  # Gumbel-sigmoid temperature; the trainer sets it from a TemperatureSchedule
 
-    def forward(self, keys: torch.Tensor, valid: torch.Tensor | None = None):
+    def forward(self, keys: torch.Tensor, valid: torch.Tensor | None = None, shift: float = 0.0):
         """keys [b, s, h, d] -> (logits [b, h] fp32, decisions r [b, h]): what a prefill routes with.
 
+        shift (inference only) moves the decision threshold: r = 1[logit + shift > 0], so a positive
+        shift sends more heads to the sparse mode (`elastic_attention.sparsity_bias`).
         Inference on CUDA without padding runs as one Triton kernel (router_kernel.py).
         """
         if (valid is None and keys.is_cuda and not self.training and not torch.is_grad_enabled()
                 and fused_supported(self, keys)):
-            return route_fused(self, keys)
+            return route_fused(self, keys, shift)
         logits = self.logits(keys, valid)
-        return logits, self.decide(logits)
+        return logits, self.decide(logits if self.training or not shift else logits + shift)
 
     def logits(self, keys: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """keys [b, s, h, d] (after k_proj / k-norm, before RoPE) -> logits [b, h] (fp32)."""
@@ -69,8 +90,25 @@ class AttentionRouter(nn.Module):
 
     def mlp(self, pooled: torch.Tensor) -> torch.Tensor:
         """pooled keys [b, h, d] (fp32) -> logits [b, h] (fp32)."""
+        if self.norm == "standardize":
+            pooled = (pooled - self.input_mean.float()) / self.input_std.float()
         pooled = pooled.to(self.task[0].weight.dtype)
-        return self.router(self.task(pooled)).squeeze(-1).float()
+        logits = self.router(self.task(pooled)).squeeze(-1).float()
+        return logits + self.head_bias.float() if self.norm == "standardize" else logits
+
+    @torch.no_grad()
+    def calibrate(self, pooled: torch.Tensor) -> None:
+        """Set the standardisation from pooled keys [n, kv_heads, d] of n prompts (n >= 2)."""
+        if self.norm != "standardize":
+            raise ValueError(f"this router has norm={self.norm!r}: only norm='standardize' routers are calibrated")
+        if pooled.ndim != 3 or tuple(pooled.shape[1:]) != tuple(self.input_mean.shape) or pooled.shape[0] < 2:
+            raise ValueError(f"calibration needs pooled keys [n >= 2, {', '.join(map(str, self.input_mean.shape))}], "
+                             f"got {list(pooled.shape)}")
+        pooled = pooled.double()
+        self.input_mean.copy_(pooled.mean(0))
+        # The floor keeps a channel that never varies on the calibration prompts from blowing up others.
+        std = pooled.std(0)
+        self.input_std.copy_(std.clamp(min=max(1e-3 * std.max().item(), 1e-6)))
 
     def decide(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training: straight-through Gumbel-sigmoid, values in {0, 1} whose gradient is that of the

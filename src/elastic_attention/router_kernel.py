@@ -40,9 +40,10 @@ if HAVE_TRITON:
         return acc
 
     @triton.jit
-    def _route_fwd(K, OUT, W1, B1, W2, B2, W3, B3, W4, B4, W5, B5,
-                   S, H, N1, N2, stride_b, stride_s, stride_h,
-                   D: tl.constexpr, HID: tl.constexpr, HB: tl.constexpr, BLOCK_T: tl.constexpr):
+    def _route_fwd(K, OUT, W1, B1, W2, B2, W3, B3, W4, B4, W5, B5, MEAN, STD, HBIAS,
+                   S, H, N1, N2, stride_b, stride_s, stride_h, shift,
+                   D: tl.constexpr, HID: tl.constexpr, HB: tl.constexpr, BLOCK_T: tl.constexpr,
+                   NORM: tl.constexpr):
         pid = tl.program_id(0)
         b = pid // H
         h = pid % H
@@ -59,11 +60,16 @@ if HAVE_TRITON:
             x = tl.load(base + t[:, None].to(tl.int64) * stride_s + offs_d[None, :], mask=t[:, None] < S, other=0.0)
             acc += tl.sum(x.to(tl.float32), 0)
         pooled = acc / (N1 + N2)
+        if NORM:  # standardise per (head, channel); the head's bias joins the logit below
+            pooled = ((pooled - tl.load(MEAN + h * D + offs_d).to(tl.float32))
+                      / tl.load(STD + h * D + offs_d).to(tl.float32))
         task = _expand_contract(pooled, W1, B1, W2, offs_d, D, HID, HB) + tl.load(B2 + offs_d).to(tl.float32)
         r = _silu(_expand_contract(task, W3, B3, W4, offs_d, D, HID, HB) + tl.load(B4 + offs_d).to(tl.float32))
         logit = tl.sum(r * tl.load(W5 + offs_d).to(tl.float32), 0) + tl.load(B5).to(tl.float32)
+        if NORM:
+            logit += tl.load(HBIAS + h).to(tl.float32)
         tl.store(OUT + pid, logit)
-        tl.store(OUT + tl.num_programs(0) + pid, (logit > 0).to(tl.float32))
+        tl.store(OUT + tl.num_programs(0) + pid, (logit + shift > 0).to(tl.float32))
 
 
 def fused_supported(router, keys: torch.Tensor) -> bool:
@@ -72,18 +78,21 @@ def fused_supported(router, keys: torch.Tensor) -> bool:
     hidden = router.task[0].out_features
     return (HAVE_TRITON and keys.shape[1] > 0 and d >= 16 and d & (d - 1) == 0
             and hidden % HIDDEN_CHUNK == 0 and keys.stride(-1) == 1
-            and all(p.is_contiguous() for p in router.parameters()))
+            and all(p.is_contiguous() for p in [*router.parameters(), *router.buffers()]))
 
 
-def route_fused(router, keys: torch.Tensor):
-    """keys [b, s, h, d] -> (logits [b, h] fp32, decisions [b, h] fp32), like router(keys) in eval."""
+def route_fused(router, keys: torch.Tensor, shift: float = 0.0):
+    """keys [b, s, h, d] -> (logits [b, h] fp32, decisions [b, h] fp32), like router(keys, shift=shift) in eval."""
     b, s, h, d = keys.shape
     n = router.pool_tokens
     n1, n2 = (s, 0) if s <= 2 * n else (n, n)
     out = torch.empty(2, b, h, dtype=torch.float32, device=keys.device)
     t, r = router.task, router.router
+    norm = router.norm == "standardize"
+    # Without standardisation the three pointers are never read: any tensor on the device will do.
+    mean, std, hbias = ((router.input_mean, router.input_std, router.head_bias) if norm else (out, out, out))
     _route_fwd[(b * h,)](keys, out, t[0].weight, t[0].bias, t[2].weight, t[2].bias,
-                         r[0].weight, r[0].bias, r[2].weight, r[2].bias, r[4].weight, r[4].bias,
-                         s, h, n1, n2, keys.stride(0), keys.stride(1), keys.stride(2),
-                         D=d, HID=t[0].out_features, HB=HIDDEN_CHUNK, BLOCK_T=32, num_warps=4)
+                         r[0].weight, r[0].bias, r[2].weight, r[2].bias, r[4].weight, r[4].bias, mean, std, hbias,
+                         s, h, n1, n2, keys.stride(0), keys.stride(1), keys.stride(2), float(shift),
+                         D=d, HID=t[0].out_features, HB=HIDDEN_CHUNK, BLOCK_T=32, NORM=norm, num_warps=4)
     return out[0], out[1]

@@ -20,13 +20,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "table and write results.json, results.csv, table.md and PNG plots to --out.")
     p.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct), a .gguf file or a "
                                                        "transformers model directory")
-    p.add_argument("--router", default=None, help="trained router directory (needed by the 'elastic' method)")
+    p.add_argument("--router", default=None, help="trained router directory, or 'default' for the router shipped "
+                                                  "for the model (needed by the 'elastic' method)")
     p.add_argument("--methods", default="full,sparse,static:0.7",
-                   help="comma list of full, sparse, static:MSR, gate:PATH, elastic (default %(default)s)")
+                   help="comma list of full, sparse, static:MSR, static:elastic (the static hybrid at the elastic "
+                        "method's mean MSR), gate:PATH, elastic (default %(default)s)")
     p.add_argument("--tasks", default="niah_single_1,niah_single_2,niah_multikey_1,vt",
                    help="comma list of RULER tasks (niah_single_1..3, niah_multikey_1..3, niah_multivalue, "
-                        "niah_multiquery, vt, cwe, fwe) and LongBench tasks (e.g. hotpotqa, hotpotqa_e, "
-                        "longbench_v2; need --data-dir)")
+                        "niah_multiquery, vt, cwe, fwe), make-data tasks (passkey, multikey_needle, kv_retrieval, "
+                        "variable_tracking, multidoc_qa, prose_continuation, code_continuation, fewshot_pattern, "
+                        "topic_ending; drawn apart from any training seed) and LongBench tasks (e.g. hotpotqa, "
+                        "hotpotqa_e, longbench_v2; need --data-dir)")
     p.add_argument("--lengths", default="2048,4096", help="prompt lengths in tokens (RULER) or truncation "
                                                           "budgets (LongBench), e.g. 2048,4096 or 2k,4k")
     p.add_argument("--samples", type=int, default=5, help="samples per task and length (default %(default)s)")
@@ -39,6 +43,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--local", type=int, default=None, help="SSA local window (default: the config's, 2048)")
     p.add_argument("--sparse-mode", choices=("ssa", "xa"), default=None)
     p.add_argument("--retrieval-mode", choices=("fa", "xa"), default=None)
+    p.add_argument("--sparsity-bias", type=float, default=0.0,
+                   help="added to every router logit before its decision: > 0 sparser, < 0 denser (default 0)")
     p.add_argument("--score-samples", type=int, default=12, help="passkey prompts for the retrieval scores "
                                                                  "of static:MSR")
     p.add_argument("--score-length", type=int, default=None, help="their length (default min(2048, lengths))")
@@ -57,7 +63,8 @@ def run_command(args) -> int:
         model=args.model, router=args.router, methods=args.methods, tasks=args.tasks, lengths=args.lengths,
         samples=args.samples, out=args.out, data_dir=args.data_dir, seed=args.seed, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, sink=args.sink, local=args.local, sparse_mode=args.sparse_mode,
-        retrieval_mode=args.retrieval_mode, score_samples=args.score_samples, score_length=args.score_length,
+        retrieval_mode=args.retrieval_mode, sparsity_bias=args.sparsity_bias, score_samples=args.score_samples,
+        score_length=args.score_length,
         device=args.device, dtype=args.dtype, threads=args.threads, plots=not args.no_plots,
         progress=not args.quiet, command=command)
     from .report import markdown_table
@@ -68,24 +75,27 @@ def run_command(args) -> int:
 
 def evaluate(model="default", tokenizer=None, *, router=None, methods="full,sparse,static:0.7",
              tasks="niah_single_1", lengths="2048", samples=5, out=None, data_dir=None, seed=0, batch_size=1,
-             max_new_tokens=None, sink=None, local=None, sparse_mode=None, retrieval_mode=None, score_samples=12,
-             score_length=None, device="cpu", dtype="float32", threads=None, plots=True, progress=True,
-             command=None):
+             max_new_tokens=None, sink=None, local=None, sparse_mode=None, retrieval_mode=None, sparsity_bias=0.0,
+             score_samples=12, score_length=None, device="cpu", dtype="float32", threads=None, plots=True,
+             progress=True, command=None):
     """Load (or take) a model, attach / load routers, run every cell, write the report to `out`.
 
     model: a name or path for `load_model`, or a model object (then give `tokenizer`).
     Returns (EvalResults, {kind: path}) -- paths empty when out is None."""
+    from ..control import sparsity_bias as sparsity_bias_of
     from ..models import load_model
     from .report import write_report
     from .runner import parse_lengths, parse_methods, parse_tasks, prepare_model, run_eval
 
     parsed = parse_methods(methods)  # fail on bad input before loading anything
+    if not isinstance(sparsity_bias, (int, float)) or sparsity_bias != sparsity_bias:
+        raise ValueError(f"--sparsity-bias {sparsity_bias!r} must be a number")
     parse_tasks(tasks)
     parse_lengths(lengths)
     if any(m.kind == "elastic" for m in parsed) and router is None and (
             isinstance(model, str) or getattr(model, "elastic_runtime", None) is None):
         raise ValueError("method 'elastic' needs a trained router: give --router PATH")
-    if router is not None and not Path(router).is_dir():
+    if router is not None and str(router) != "default" and not Path(router).is_dir():
         raise ValueError(f"router directory {str(router)!r} does not exist")
     for m in parsed:
         if m.kind == "gate" and not Path(m.arg).is_dir():
@@ -107,10 +117,11 @@ def evaluate(model="default", tokenizer=None, *, router=None, methods="full,spar
     def checkpoint(partial):  # a crash or a kill keeps the finished cells (no plots until the end)
         write_report(partial, out, plots=False)
 
-    results = run_eval(model, tokenizer, tasks, lengths, methods, samples, seed=seed, data_dir=data_dir,
-                       batch_size=batch_size, max_new_tokens=max_new_tokens, score_samples=score_samples,
-                       score_length=score_length, progress=progress,
-                       on_cell=checkpoint if out is not None else None)
+    with sparsity_bias_of(model, sparsity_bias):
+        results = run_eval(model, tokenizer, tasks, lengths, methods, samples, seed=seed, data_dir=data_dir,
+                           batch_size=batch_size, max_new_tokens=max_new_tokens, score_samples=score_samples,
+                           score_length=score_length, progress=progress,
+                           on_cell=checkpoint if out is not None else None)
     results.config.update(command=command, wall_s=time.time() - start, router=str(router) if router else None,
                           date=time.strftime("%Y-%m-%d %H:%M:%S"), device=str(device),
                           torch_threads=torch.get_num_threads())

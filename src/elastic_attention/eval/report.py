@@ -41,6 +41,7 @@ def markdown_table(results: EvalResults) -> str:
         scores = [c["score"] for c in results.cells if c["method"] == m]
         avg.append(_fmt(sum(scores) / len(scores), 1) if scores else "-")
     lines.append("| **average** | | " + " | ".join(avg) + " |")
+    lines += category_table(results)
     lines += ["", "| task | length | method | n | score | MSR | ESR last layer | ESR all layers | prefill s/sample "
                   "| decode s/sample |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for task in results.tasks:
@@ -53,6 +54,45 @@ def markdown_table(results: EvalResults) -> str:
                              f"{_fmt(c['esr'])} | {_fmt(c['esr_all_layers'])} | {_fmt(c['prefill_s'], 3)} | "
                              f"{_fmt(c['decode_s'], 3)} |")
     return "\n".join(lines) + "\n"
+
+
+def category_summary(results: EvalResults) -> dict[str, dict[str, dict]]:
+    """{category: {method: {"score", "msr", "score_vs_full"}}}: means over the category's cells (tasks with
+    a category only); score_vs_full = the method's score as a percentage of full attention's (None without
+    a 'full' method or when full scores 0)."""
+    categories = results.config.get("categories") or {}
+    out: dict[str, dict[str, dict]] = {}
+    for cat in sorted({c for c in categories.values() if c}):
+        tasks = {t for t, c in categories.items() if c == cat}
+        per = {}
+        for m in results.methods:
+            cells = [c for c in results.cells if c["task"] in tasks and c["method"] == m]
+            if cells:
+                per[m] = {"score": sum(c["score"] for c in cells) / len(cells),
+                          "msr": sum(c["msr"] for c in cells) / len(cells)}
+        full = per.get("full", {}).get("score")
+        for v in per.values():
+            v["score_vs_full"] = 100 * v["score"] / full if full else None
+        out[cat] = per
+    return out
+
+
+def category_table(results: EvalResults) -> list[str]:
+    summary = category_summary(results)
+    if not summary:
+        return []
+    lines = ["", "By category (mean over its tasks): score (MSR) [% of full]", "",
+             "| category | " + " | ".join(results.methods) + " |", "|---|" + "---:|" * len(results.methods)]
+    for cat, per in summary.items():
+        row = []
+        for m in results.methods:
+            v = per.get(m)
+            row.append("-" if v is None else f"{_fmt(v['score'], 1)} ({_fmt(v['msr'])}) [{_fmt(v['score_vs_full'], 0)}]")
+        lines.append(f"| {cat} | " + " | ".join(row) + " |")
+    matched = results.config.get("static_elastic_msr")
+    if matched is not None:
+        lines.append(f"static:elastic ran at MSR {matched:.3f}, the elastic router's mean over the run.")
+    return lines
 
 
 def write_report(results: EvalResults, out_dir, plots: bool = True) -> dict[str, Path]:

@@ -5,6 +5,8 @@ Methods (one run compares them on the same prompts):
 - `sparse`: every KV head the config's sparse mode;
 - `static:MSR`: a static hybrid, heads ranked by retrieval score (passkey prompts), the top
   (1 - MSR) of them full;
+- `static:elastic`: the same static hybrid at the mean MSR the `elastic` method chose over the whole run
+  (run after every other method, on the same prompts): the fair static baseline of a router;
 - `gate:PATH`: a saved static gate (`save_static_gate`);
 - `elastic`: the attached / loaded router decides per prompt.
 
@@ -30,7 +32,7 @@ from ..control import force_mode
 from ..gate import load_static_gate
 from ..integrations.hf import attach, runtime_of
 from ..metrics import routing_stats
-from . import longbench, ruler
+from . import longbench, mix, ruler
 from .sample import EvalSample
 
 
@@ -51,6 +53,8 @@ def parse_methods(spec) -> list[Method]:
         kind, _, arg = item.partition(":")
         if kind in ("full", "sparse", "elastic") and not arg:
             out.append(Method(item, kind))
+        elif kind == "static" and arg == "elastic":
+            out.append(Method(item, "static", "elastic"))
         elif kind == "static" and arg:
             try:
                 msr = float(arg)
@@ -62,10 +66,13 @@ def parse_methods(spec) -> list[Method]:
         elif kind == "gate" and arg:
             out.append(Method(item, "gate", arg))
         else:
-            raise ValueError(f"unknown method {item!r}; use full, sparse, static:MSR, gate:PATH or elastic")
+            raise ValueError(f"unknown method {item!r}; use full, sparse, static:MSR, static:elastic, gate:PATH "
+                             "or elastic")
     names = [m.name for m in out]
     if len(set(names)) != len(names):
         raise ValueError(f"a method is listed twice in {names}")
+    if "static:elastic" in names and "elastic" not in names:
+        raise ValueError("method 'static:elastic' takes the MSR of the 'elastic' method: list 'elastic' too")
     return out
 
 
@@ -74,10 +81,19 @@ def parse_tasks(spec) -> list[str]:
     if not items:
         raise ValueError("no tasks given")
     for task in items:
-        if task not in ruler.TASKS and not longbench.is_longbench_task(task):
+        if task not in ruler.TASKS and task not in mix.TASKS and not longbench.is_longbench_task(task):
             raise ValueError(f"unknown task {task!r}; RULER tasks: {', '.join(ruler.task_names())}; "
+                             f"make-data tasks: {', '.join(mix.task_names())}; "
                              f"LongBench tasks: {', '.join(longbench.task_names())}")
     return items
+
+
+def task_category(task: str) -> str | None:
+    """'sensitive' or 'robust' for RULER (all retrieval or aggregation over the whole context: sensitive)
+    and make-data tasks; None for LongBench tasks."""
+    if task in mix.TASKS:
+        return mix.category(task)
+    return "sensitive" if task in ruler.TASKS else None
 
 
 def parse_lengths(spec) -> list[int]:
@@ -97,9 +113,12 @@ def parse_lengths(spec) -> list[int]:
 
 
 def build_samples(tokenizer, task: str, length: int, n: int, seed: int = 0, data_dir=None) -> list[EvalSample]:
-    """The prompts of one cell: RULER samples generated at `length` tokens, or LongBench records cut to it."""
+    """The prompts of one cell: RULER or make-data samples generated at `length` tokens, or LongBench
+    records cut to it."""
     if task in ruler.TASKS:
         return ruler.ruler_samples(tokenizer, task, length, n, seed)
+    if task in mix.TASKS:
+        return mix.mix_samples(tokenizer, task, length, n, seed)
     return longbench.longbench_samples(tokenizer, task, length, n, data_dir)
 
 
@@ -134,11 +153,16 @@ def method_modes(model, tokenizer, methods: list[Method], score_samples: int = 1
             modes[m.name] = "router"
         elif m.kind == "gate":
             modes[m.name] = load_static_gate(model, m.arg).mask()
+        elif m.arg == "elastic":
+            continue  # set once the elastic method has run (run_eval)
         else:
             if scores is None:
                 scores = baselines.retrieval_scores(model, tokenizer, samples=score_samples, length=score_length,
                                                     progress=progress)
             modes[m.name] = baselines.static_mask(scores, m.arg)
+    if scores is None and any(m.arg == "elastic" for m in methods):
+        scores = baselines.retrieval_scores(model, tokenizer, samples=score_samples, length=score_length,
+                                            progress=progress)
     return modes, scores
 
 
@@ -299,29 +323,46 @@ def run_eval(model, tokenizer, tasks, lengths, methods, samples: int = 5, *, see
     total = sum(len(v) for v in cells.values()) * len(methods)
     records: list[dict] = []
     bar = tqdm(total=total, desc="eval", unit="sample", disable=not progress)
-    for (task, length), cell in cells.items():
-        for method in methods:
-            with force_mode(model, modes[method.name]):
-                for batch in _batches(cell, batch_size):
-                    records.extend(_run_batch(model, tokenizer, batch, task, length, method.name, max_new_tokens))
-                    bar.update(len(batch))
-                    bar.set_postfix_str(f"{task} {length} {method.name}")
-        if on_cell is not None:
-            on_cell(_results(model, records, tasks, lengths, methods, samples, seed, batch_size, max_new_tokens,
-                             score_samples, score_length, scores))
+    matched = [m for m in methods if m.arg == "elastic"]  # static at the elastic MSR: after everything else
+    extra = {}
+
+    def report():
+        return _results(model, records, tasks, lengths, methods, samples, seed, batch_size, max_new_tokens,
+                        score_samples, score_length, scores, extra)
+
+    def run_cells(chosen):
+        for (task, length), cell in cells.items():
+            for method in chosen:
+                with force_mode(model, modes[method.name]):
+                    for batch in _batches(cell, batch_size):
+                        records.extend(_run_batch(model, tokenizer, batch, task, length, method.name,
+                                                  max_new_tokens))
+                        bar.update(len(batch))
+                        bar.set_postfix_str(f"{task} {length} {method.name}")
+            if on_cell is not None:
+                on_cell(report())
+
+    run_cells([m for m in methods if m not in matched])
+    if matched:
+        msr = _mean([r["msr"] for r in records if r["method"] == "elastic"])
+        extra["static_elastic_msr"] = msr
+        for m in matched:
+            modes[m.name] = baselines.static_mask(scores, msr)
+        run_cells(matched)
     bar.close()
-    return _results(model, records, tasks, lengths, methods, samples, seed, batch_size, max_new_tokens,
-                    score_samples, score_length, scores)
+    return report()
 
 
 def _results(model, records, tasks, lengths, methods, samples, seed, batch_size, max_new_tokens, score_samples,
-             score_length, scores) -> EvalResults:
+             score_length, scores, extra=None) -> EvalResults:
     rt = runtime_of(model)
     config = {"tasks": tasks, "lengths": lengths, "methods": [m.name for m in methods], "samples": samples,
               "seed": seed, "batch_size": batch_size, "max_new_tokens_cap": max_new_tokens,
               "elastic_config": rt.config.to_dict(), "model_type": model.config.model_type,
               "layers": rt.num_layers, "kv_heads": rt.kv_heads, "score_samples": score_samples,
-              "score_length": score_length if scores is not None else None}
+              "score_length": score_length if scores is not None else None,
+              "sparsity_bias": rt.sparsity_bias, "categories": {t: task_category(t) for t in tasks},
+              **(extra or {})}
     return EvalResults(list(records), config, (rt.num_layers, rt.kv_heads),
                        scores.tolist() if scores is not None else None)
 

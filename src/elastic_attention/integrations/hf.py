@@ -15,7 +15,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from ..attention import FA, MODE_IDS, allowed_from_hf_mask, attention, head_masks, hybrid_attention
-from ..attention.masks import mode_mask, valid_keys
+from ..attention.masks import SSA, XA, mode_mask, ssa_pair_count, valid_keys
 from ..attention.kernels import hybrid_prefill, supported as fast_prefill_supported
 from ..config import ElasticConfig
 from ..router import AttentionRouter
@@ -37,6 +37,7 @@ class Runtime:
         self.backend = "sdpa"  # attention backend of the masked path ("sdpa" or "reference")
         self.fast_prefill = True  # on CUDA, prefill runs the fused kernels of attention/kernels
         self.capture_last_row = False  # retrieval scores need the last query's attention probs
+        self.sparsity_bias = 0.0  # added to every router logit before the inference decision (control.py)
         # [b, s] bool, True = token the routers may pool. The trainer marks the prompt so that routing
         # in training sees what it sees at inference (the answer tokens are not yet there). None = all real tokens.
         self.route_mask: torch.Tensor | None = None
@@ -63,7 +64,7 @@ class LayerState:
         rt, hk = self.runtime, self.runtime.kv_heads
         if rt.forced is None and rt.gate is not None:
             self.logits = None
-            r = rt.gate.decide(self.layer_idx, batch)
+            r = rt.gate.decide(self.layer_idx, batch, rt.sparsity_bias)
         elif rt.forced is None:
             if self.keys is None:
                 raise RuntimeError(f"layer {self.layer_idx}: no key states were captured for the router; "
@@ -73,7 +74,7 @@ class LayerState:
                 valid = rt.route_mask.to(keys.device)
             if valid is not None:
                 valid = valid[:, -keys.shape[1]:]
-            self.logits, r = self.router(keys, valid)
+            self.logits, r = self.router(keys, valid, rt.sparsity_bias)
         elif isinstance(rt.forced, torch.Tensor):
             self.logits = None
             r = rt.forced[self.layer_idx].to(device, torch.float32).expand(batch, hk)
@@ -118,6 +119,12 @@ class ModeMasks:
     def density(self, modes: torch.Tensor) -> torch.Tensor:
         """[b, hk] fraction of the allowed (query, key) pairs each head's mode keeps."""
         b, hk = modes.shape
+        _, sq, skv = self.shape
+        if self.plain_causal and sq == skv and not bool((modes == XA).any()):
+            # Unpadded prefill: the pairs are counted, not masked, with the same fp32 division as below.
+            total = torch.tensor(sq * (sq + 1) // 2).float()
+            kept = torch.tensor(ssa_pair_count(sq, self.config.sink, self.config.local)).float() / total
+            return torch.where(modes == SSA, kept.to(modes.device), 1.0)
         # Count real query rows only: right-padding queries are no pairs of the prompt (ESR per sample).
         real = valid_keys(self.allowed)[:, -self.allowed.shape[2]:][:, None, :, None]  # [b, 1, sq, 1]
         total = torch.count_nonzero(self.allowed & real, dim=(-1, -2)).float().clamp(min=1)  # [b, 1]
@@ -170,7 +177,12 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
                                             key_padding=pad, return_density=True)
         prefill = False  # density already set
     else:
-        out = hybrid_attention(query, key, value, state.modes, masks, scale, rt.backend)
+        # Unpadded prefill off the fused path (the CPU): SSA heads on key bands, O(s * (sink + local)),
+        # FA heads by causal SDPA, so no dense mask is built unless an XA head needs one.
+        banded = (prefill and sq == key.shape[2] and masks.plain_causal and rt.backend == "sdpa"
+                  and not rt.capture_last_row)
+        out = hybrid_attention(query, key, value, state.modes, masks, scale, rt.backend,
+                               ssa_window=(cfg.sink, cfg.local) if banded else None)
     if prefill:
         state.density = masks.density(state.modes)
     if rt.capture_last_row:
@@ -243,7 +255,8 @@ def attach(model: nn.Module, config: ElasticConfig | None = None) -> nn.Module:
         p.requires_grad_(False)
     for attn in modules:
         weight = attn.k_proj.weight
-        router = AttentionRouter(sig["head_dim"], config.router_hidden_mult, config.pool_tokens)
+        router = AttentionRouter(sig["head_dim"], config.router_hidden_mult, config.pool_tokens, sig["kv_heads"],
+                                 config.router_norm)
         router.to(device=weight.device)
         router.train(attn.training)
         attn.elastic_router = router

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
 from .data import DEFAULT_TARGETS, parse_target
+
+
+def _default(name: str):
+    from .trainer import TrainConfig
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
 
 
 def add_parsers(subparsers) -> None:
@@ -21,8 +27,17 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--max-len", type=int, default=4096, help="longer prompts lose their middle (default 4096)")
     p.add_argument("--batch-size", type=int, default=1, help="samples per micro-batch and process (default 1)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step and process (default 1)")
-    p.add_argument("--lr", type=float, default=5e-4, help="router learning rate (default 5e-4)")
-    p.add_argument("--lambda-lr", type=float, default=1e-3, help="multiplier learning rate (default 1e-3)")
+    p.add_argument("--lr", type=float, default=_default("lr"),
+                   help="router learning rate (default %(default)g; the paper's is 5e-4)")
+    p.add_argument("--lambda-lr", type=float, default=_default("lambda_lr"),
+                   help="multiplier learning rate (default %(default)g; the paper's is 1e-3)")
+    p.add_argument("--penalty", choices=("signed", "abs"), default="signed",
+                   help="linear term of the Lagrangian: lambda1*(MSR-t) (signed, the paper) or lambda1*|MSR-t| "
+                        "(abs, the public code)")
+    p.add_argument("--lambda-schedule", choices=("cosine", "constant"), default="cosine",
+                   help="multipliers' learning rate: the routers' warmup + cosine decay, or constant")
+    p.add_argument("--calibration-samples", type=int, default=64,
+                   help="training prompts that measure the router input statistics (router_norm standardize)")
     p.add_argument("--target", action="append", default=[], metavar="NAME=VALUE",
                    help="target MSR of a category or a task (repeatable); defaults "
                         + ", ".join(f"{k} {v}" for k, v in DEFAULT_TARGETS.items())
@@ -61,7 +76,8 @@ def run_train(args) -> int:
         targets = dict(parse_target(t) for t in args.target)
         cfg = TrainConfig(data=args.data, out=args.out, model=args.model, steps=args.steps, max_len=args.max_len,
                           batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-                          lambda_lr=args.lambda_lr, targets=targets, seed=args.seed, resume=args.resume,
+                          lambda_lr=args.lambda_lr, penalty=args.penalty, lambda_schedule=args.lambda_schedule,
+                          calibration_samples=args.calibration_samples, targets=targets, seed=args.seed, resume=args.resume,
                           save_every=args.save_every, tau_schedule=args.tau_schedule, static_gate=args.static_gate,
                           checkpointing=args.checkpointing, cudnn_sdpa=args.cudnn_sdpa,
                           elastic_config=args.elastic_config,

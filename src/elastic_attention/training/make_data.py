@@ -260,12 +260,19 @@ def fewshot_pattern(rng, length, count):
 def topic_ending(rng, length, count):
     mods = stdlib_paragraphs()
     question = "\n\nWhich topic does this passage end on? Answer with the module name.\nAnswer:"
-    sections, used = [], count(question)
-    while used < length:
+    # The last section stays short (at most 160 tokens): its "## name" heading lies in any window of
+    # 256 tokens or more, so the task needs only the end of the prompt (robust by construction).
+    last = min(160, max(48, length // 8))
+    sections, used = [], count(question) + last
+
+    def section(budget):
         name, paras = mods[rng.randrange(len(mods))]
-        text = f"## {name}\n" + clip("\n".join(paras[:rng.randint(2, 5)]), max(length - used, 32), count)
-        sections.append((name, text))
-        used += count(text)
+        return name, f"## {name}\n" + clip("\n".join(paras[:rng.randint(2, 5)]), budget, count)
+
+    while used < length:
+        sections.append(section(max(length - used, 32)))
+        used += count(sections[-1][1])
+    sections.append(section(last))
     return "\n\n".join(t for _, t in sections) + question, " " + sections[-1][0]
 
 

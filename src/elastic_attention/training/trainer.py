@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from ..adapter import save_router
+from ..calibration import calibrate_routers, is_calibrated
 from ..config import ElasticConfig
 from ..gate import StaticGate, save_static_gate, use_gate
 from ..integrations.hf import attach, routers, runtime_of
@@ -26,10 +27,11 @@ from ..metrics import soft_msr
 from ..router import TemperatureSchedule
 from . import checkpoint, distributed
 from .data import Batcher, Targets, collate, encode, file_digest, load_records
-from .objective import Lagrangian, answer_ce
+from .objective import PENALTIES, Lagrangian, answer_ce
 from .report import StepLog, plot, progress
 
 STATIC_CONSTRAINT = "all"
+LAMBDA_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
@@ -41,10 +43,13 @@ class TrainConfig:
     max_len: int = 4096
     batch_size: int = 1  # samples per micro-batch and process
     grad_accum: int = 1  # micro-batches per step and process
-    lr: float = 5e-4
-    lambda_lr: float = 1e-3
+    lr: float = 5e-3  # the paper's 5e-4 leaves routing static here (docs/training.md)
+    lambda_lr: float = 5e-2  # the paper's 1e-3 moves a multiplier by at most 0.15 in 300 steps
     weight_decay: float = 0.1
     warmup: float = 0.2  # fraction of steps of linear warmup, then cosine decay to 0
+    penalty: str = "signed"  # linear term of the Lagrangian: "signed" (paper) or "abs" (public code)
+    lambda_schedule: str = "cosine"  # multipliers' lr: "cosine" (the routers' warmup + decay) or "constant"
+    calibration_samples: int = 64  # training prompts that measure the input statistics of norm="standardize"
     targets: dict[str, float] = field(default_factory=dict)  # category or task -> target MSR
     seed: int = 0
     resume: bool = False
@@ -67,6 +72,12 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
         if not 0.0 <= self.warmup < 1.0:
             raise ValueError(f"warmup={self.warmup} must be a fraction of the steps in [0, 1)")
+        if self.penalty not in PENALTIES:
+            raise ValueError(f"penalty={self.penalty!r} is not known; use one of {PENALTIES}")
+        if self.lambda_schedule not in LAMBDA_SCHEDULES:
+            raise ValueError(f"lambda_schedule={self.lambda_schedule!r} is not known; use one of {LAMBDA_SCHEDULES}")
+        if self.calibration_samples < 2:
+            raise ValueError(f"calibration_samples={self.calibration_samples} must be at least 2")
 
 
 def lr_factor(step: int, steps: int, warmup: float) -> float:
@@ -113,7 +124,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None,
     else:
         learner = routers(model)
     params = list(learner.parameters())
-    lagrangian = Lagrangian(names, torch.Generator().manual_seed(cfg.seed)).to(d.device)
+    lagrangian = Lagrangian(names, torch.Generator().manual_seed(cfg.seed), cfg.penalty).to(d.device)
     if cfg.checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -126,7 +137,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None,
                              maximize=True)
     digest = file_digest(cfg.data)
     identity = {"seed": cfg.seed, "data": digest, "static_gate": cfg.static_gate, "world": d.world,
-                "constraints": names, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum}
+                "constraints": names, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
+                "penalty": cfg.penalty}
 
     start, rng = 0, None
     if cfg.resume:
@@ -146,6 +158,12 @@ def train(cfg: TrainConfig, model=None, tokenizer=None,
                 print(f"resuming from {state['path']} (step {start} of {cfg.steps})")
         elif d.main:
             print(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from step 0")
+
+    if start == 0 and not cfg.static_gate and rt.config.router_norm == "standardize" and not is_calibrated(model):
+        # Input statistics from training prompts, spread over the constraints (every k-th sample).
+        every = max(1, len(samples) // cfg.calibration_samples)
+        prompts = [s.ids[:s.prompt_len] for s in samples[::every][:cfg.calibration_samples]]
+        calibrate_routers(model, prompts, progress=cfg.progress and d.main)
 
     batcher = Batcher(samples, cfg.batch_size, cfg.seed)
     micro_per_step = cfg.grad_accum * d.world
@@ -178,9 +196,10 @@ def train(cfg: TrainConfig, model=None, tokenizer=None,
             for m in learner if not cfg.static_gate else [learner]:
                 m.tau = tau
             factor = lr_factor(step, cfg.steps, cfg.warmup)
-            for o, base in ((opt, cfg.lr), (lopt, cfg.lambda_lr)):
+            lambda_factor = factor if cfg.lambda_schedule == "cosine" else 1.0
+            for o, lr in ((opt, cfg.lr * factor), (lopt, cfg.lambda_lr * lambda_factor)):
                 for group in o.param_groups:
-                    group["lr"] = base * factor
+                    group["lr"] = lr
             batches = batcher.micro_batches(step, micro_per_step)
             everyone = [samples[i] for mb in batches for i in mb]
             counts = torch.bincount(torch.tensor([s.constraint for s in everyone]), minlength=len(names)).to(d.device)
