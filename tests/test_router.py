@@ -182,7 +182,7 @@ def test_router_forward_is_logits_then_decide():
 _FUSED_SCRIPT = r"""
 import torch
 from elastic_attention import AttentionRouter
-from elastic_attention.router_kernel import route_fused
+from elastic_attention.attention.kernels.router import route_fused
 torch.manual_seed(0)
 signs = set()
 for d, n, s, dtype in [(16, 4, 30, torch.float32), (32, 8, 12, torch.bfloat16), (16, 3, 7, torch.float32)]:

@@ -118,7 +118,7 @@ _FUSED_NORM_SCRIPT = r"""
 import torch
 from elastic_attention import AttentionRouter
 from elastic_attention.router import boundary_pool
-from elastic_attention.router_kernel import route_fused
+from elastic_attention.attention.kernels.router import route_fused
 torch.manual_seed(0)
 for d, n, s in [(16, 4, 30), (32, 8, 12)]:
     router = AttentionRouter(d, pool_tokens=n, kv_heads=3, norm="standardize").eval()

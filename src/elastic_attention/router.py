@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .config import ROUTER_NORMS
-from .router_kernel import fused_supported, route_fused
+from .attention.kernels.router import fused_supported, route_fused
 
 
 def boundary_pool(keys: torch.Tensor, valid: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -76,7 +76,7 @@ class AttentionRouter(nn.Module):
 
         shift (inference only) moves the decision threshold: r = 1[logit + shift > 0], so a positive
         shift sends more heads to the sparse mode (`elastic_attention.sparsity_bias`).
-        Inference on CUDA without padding runs as one Triton kernel (router_kernel.py).
+        Inference on CUDA without padding runs as one Triton kernel (attention/kernels/router.py).
         """
         if (valid is None and keys.is_cuda and not self.training and not torch.is_grad_enabled()
                 and fused_supported(self, keys)):
