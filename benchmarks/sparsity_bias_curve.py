@@ -28,7 +28,7 @@ ROBUST = "code_continuation,fewshot_pattern,prose_continuation,topic_ending"
 QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
-def logit_quantiles(model, tok, length: int, device) -> list[float]:
+def logit_quantiles(model, tok, length: int, device, quantiles=QUANTILES) -> list[float]:
     """Quantiles of every router logit over one held-out prompt of each make-data task."""
     logits = []
     with torch.no_grad():
@@ -38,7 +38,7 @@ def logit_quantiles(model, tok, length: int, device) -> list[float]:
             model(input_ids=torch.tensor([ids], device=device), use_cache=False, logits_to_keep=1)
             logits.append(ea.routing_stats(model).logits.flatten())
     values = torch.cat(logits).float()
-    return torch.quantile(values, torch.tensor(QUANTILES)).tolist()
+    return torch.quantile(values, torch.tensor(quantiles)).tolist()
 
 
 def main() -> None:
@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--tasks", default=f"{SENSITIVE},{ROBUST}")
     ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--quantiles", default=",".join(map(str, QUANTILES)),
+                    help="logit quantiles whose negatives are the biases tried (besides 0)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "sparsity_bias"))
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
@@ -56,7 +58,8 @@ def main() -> None:
     ea.load_router(model, args.router)
     model.eval()
     length = int(args.lengths.split(",")[0])
-    biases = sorted({0.0, *(round(-q, 3) for q in logit_quantiles(model, tok, length, device))})
+    quantiles = [float(q) for q in args.quantiles.split(",")]
+    biases = sorted({0.0, *(round(-q, 3) for q in logit_quantiles(model, tok, length, device, quantiles))})
     out = Path(args.out)
     rows = []
     for bias in biases:

@@ -67,9 +67,9 @@ def test_router_learns_per_prompt_sparsity(trained):
 def test_routing_follows_the_instruction_alone(tmp_path):
     """Two tasks whose prompts differ only in their 14-character first line (bodies drawn alike, the same
     question at the end), targets 1.0 / 0.0, the default recipe (standardised router inputs, router lr
-    5e-3): on 40 held-out prompts the robust task runs at least 0.8 sparser than the sensitive one.
-    benchmarks/router_learning_toy.py measured this run's seeds 0 / 1 / 2 at gaps 0.95 / 0.83 / 0.81, and
-    the paper's settings (raw inputs, lr 5e-4) at 0.00 for all three: one MSR for every prompt."""
+    5e-3, multiplier lr 5e-2): on 40 held-out prompts the robust task runs at least 0.8 sparser than the
+    sensitive one. benchmarks/router_learning_toy.py (variant recipe+300steps) measured seeds 0 / 1 / 2 at
+    gaps 0.94 / 0.84 / 0.81; the paper's settings give 0.00 on every seed (one MSR for every prompt)."""
     data = write_jsonl(instruction_records(128, seed=0), tmp_path / "data.jsonl")
     tok = char_tokenizer()
     model = ea.attach(tiny_model("llama", **TOY_MODEL), ea.ElasticConfig(sink=4, local=32, pool_tokens=TOY_POOL))

@@ -138,7 +138,8 @@ def cmd_generate(args) -> int:
     result = {"mode": mode, "config": runtime_of(model).config.name, "prompt_tokens": len(ids),
               "generated_tokens": len(gen.tokens), "msr": round(float(stats.msr[0]), 4),
               "esr": round(float(stats.esr[0]), 4), "esr_all_layers": round(float(stats.esr_all_layers[0]), 4),
-              "prefill_s": round(gen.prefill_s, 3), "decode_s": round(gen.decode_s, 3),
+              "sparsity_bias": args.sparsity_bias, "prefill_s": round(gen.prefill_s, 3),
+              "decode_s": round(gen.decode_s, 3),
               "decode_tok_per_s": round(len(gen.tokens) / gen.decode_s, 1) if gen.decode_s > 0 else None}
     if answer is not None:
         result["passkey"] = answer
