@@ -31,36 +31,12 @@ import elastic_attention as ea
 from elastic_attention.eval import ruler
 from elastic_attention.integrations.hf import runtime_of
 from elastic_attention.models import load_model
-from elastic_attention.router import AttentionRouter, boundary_pool
+from elastic_attention.calibration import pooled_keys
+from elastic_attention.router import AttentionRouter
 from elastic_attention.training.make_data import TASKS, make_records
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RULER_TASKS = ("niah_single_1", "niah_single_2", "niah_multikey_1", "vt", "cwe", "fwe")
-
-
-# ------------------------------------------------------------------------------------ capture
-
-def capture_pooled(model, prompts: list[list[int]], desc: str) -> torch.Tensor:
-    """[n, layers, heads, d] boundary-pooled pre-RoPE keys, exactly what each router pools."""
-    rt = runtime_of(model)
-    grabbed = {}
-
-    def hook(layer):
-        def fn(module, args):
-            grabbed[layer] = boundary_pool(args[0], None, module.pool_tokens).detach()
-        return fn
-
-    handles = [s.router.register_forward_pre_hook(hook(i)) for i, s in enumerate(rt.layers)]
-    out = []
-    try:
-        with torch.no_grad():
-            for ids in tqdm(prompts, desc=desc):
-                model(input_ids=torch.tensor([ids]), use_cache=False, logits_to_keep=1)
-                out.append(torch.stack([grabbed[i][0] for i in range(len(rt.layers))]))
-    finally:
-        for h in handles:
-            h.remove()
-    return torch.stack(out)
 
 
 # ------------------------------------------------------------------------------------ classifiers
@@ -219,8 +195,8 @@ def main() -> None:
     train_rec = make_records(tok, [args.length], args.per_task, seed=0)
     test_rec = make_records(tok, [args.length], args.per_task, seed=1)
     tasks = list(TASKS)
-    x_tr = capture_pooled(model, encode(train_rec), "pool seed 0")
-    x_te = capture_pooled(model, encode(test_rec), "pool seed 1")
+    x_tr = pooled_keys(model, encode(train_rec), progress=True, desc="pool seed 0")
+    x_te = pooled_keys(model, encode(test_rec), progress=True, desc="pool seed 1")
     cat = {"robust": 0, "sensitive": 1}
     c_tr = torch.tensor([cat[r["category"]] for r in train_rec])
     c_te = torch.tensor([cat[r["category"]] for r in test_rec])
@@ -228,7 +204,7 @@ def main() -> None:
     t_te = torch.tensor([tasks.index(r["task"]) for r in test_rec])
     ruler_prompts = {t: [s.input_ids for s in ruler.ruler_samples(tok, t, args.length, args.ruler_samples)]
                      for t in RULER_TASKS}
-    x_ru = {t: capture_pooled(model, p, f"pool {t}") for t, p in ruler_prompts.items()}
+    x_ru = {t: pooled_keys(model, p, progress=True, desc=f"pool {t}") for t, p in ruler_prompts.items()}
 
     result = {"length": args.length, "per_task": args.per_task, "sink": args.sink, "local": args.local,
               "layers": rt.num_layers, "kv_heads": rt.kv_heads, "head_dim": head_dim}
@@ -292,7 +268,8 @@ def report(r: dict) -> None:
               f"across heads {v['std_across_heads']:.4f}")
     if "prices" in r:
         p = r["prices"]
-        print(f"\nhead prices dCE/dr at r = 0; constraint price per unit lambda = {p['constraint_price_per_unit_lambda']:.4f}")
+        print(f"\nhead prices dCE/dr at r = 0; constraint price per unit lambda = "
+              f"{p['constraint_price_per_unit_lambda']:.4f}")
         print("| task | category | mean | mean abs | max | sum over heads |")
         print("|---|---|---|---|---|---|")
         for t, v in p["per_task"].items():

@@ -78,10 +78,11 @@ def run(variant: str, seed: int, steps: int, data: Path, held: list[dict], tok, 
     summary = train(TrainConfig(**(cfg | train_over)), model, tok)
     msr = heldout_msr(model, tok, held)
     lam = summary["lagrangian"]
-    return {"variant": variant, "pool_tokens": pool, "seed": seed, "steps": train_over.get("steps", steps), "seconds": time.time() - start,
-            "heldout_msr": msr, "gap": msr["copy"] - msr["find"],
+    return {"variant": variant, "pool_tokens": pool, "seed": seed, "steps": train_over.get("steps", steps),
+            "seconds": time.time() - start, "heldout_msr": msr, "gap": msr["copy"] - msr["find"],
             "train_msr": {k: v["msr"] for k, v in summary["final"].items()},
-            "lambda1": dict(zip(lam.names, lam.lambda1.tolist())), "lambda2": dict(zip(lam.names, lam.lambda2.tolist()))}
+            "lambda1": dict(zip(lam.names, lam.lambda1.tolist())),
+            "lambda2": dict(zip(lam.names, lam.lambda2.tolist()))}
 
 
 def input_separation(pool: int) -> list[dict]:

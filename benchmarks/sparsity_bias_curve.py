@@ -82,8 +82,9 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|")
     for r in rows:
         s, b = r["sensitive"], r["robust"]
-        print(f"| {r['bias']:+.2f} | {s['msr']:.2f} | {s['score']:.1f} ({100 * s['score'] / max(full['sensitive'], 1e-9):.0f} %) | "
-              f"{b['msr']:.2f} | {b['score']:.1f} ({100 * b['score'] / max(full['robust'], 1e-9):.0f} %) |")
+        share = {c: 100 * r[c]["score"] / max(full[c], 1e-9) for c in full}
+        print(f"| {r['bias']:+.2f} | {s['msr']:.2f} | {s['score']:.1f} ({share['sensitive']:.0f} %) | "
+              f"{b['msr']:.2f} | {b['score']:.1f} ({share['robust']:.0f} %) |")
     out.mkdir(parents=True, exist_ok=True)
     meta = {"router": args.router, "lengths": args.lengths, "samples": args.samples, "tasks": args.tasks,
             "device": torch.cuda.get_device_name() if cuda else "cpu", "date": time.strftime("%Y-%m-%d"),

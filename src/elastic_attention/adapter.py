@@ -11,7 +11,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from .config import ElasticConfig
@@ -22,13 +21,9 @@ WEIGHTS_NAME = "router.safetensors"
 SHIPPED = Path(__file__).resolve().parent / "routers"
 
 
-def save_router(model, path, dtype: torch.dtype | None = None) -> Path:
-    """Write the attached routers and their config to the directory `path` (created if needed).
-
-    dtype (e.g. torch.float16) stores the floating-point tensors in that type: half the file; loading
-    casts them back to the routers' own dtype."""
-    state = {f"layers.{name}": t.detach().to(dtype if dtype is not None and t.is_floating_point() else t.dtype)
-             .contiguous().cpu() for name, t in routers(model).state_dict().items()}
+def save_router(model, path) -> Path:
+    """Write the attached routers and their config to the directory `path` (created if needed)."""
+    state = {f"layers.{name}": t.detach().contiguous().cpu() for name, t in routers(model).state_dict().items()}
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     _atomic_write(path / WEIGHTS_NAME, lambda f: save_file(state, f))
@@ -63,7 +58,8 @@ def shipped_routers() -> dict[str, Path]:
     """The routers that ship with the package: name -> directory."""
     if not SHIPPED.is_dir():
         return {}
-    return {p.name: p for p in sorted(SHIPPED.iterdir()) if (p / CONFIG_NAME).is_file() and (p / WEIGHTS_NAME).is_file()}
+    return {p.name: p for p in sorted(SHIPPED.iterdir())
+            if (p / CONFIG_NAME).is_file() and (p / WEIGHTS_NAME).is_file()}
 
 
 def default_router_path(model) -> Path:

@@ -47,6 +47,14 @@ def _check(mode, rt):
     return None if mode == "router" else mode
 
 
+def check_sparsity_bias(value) -> float:
+    """The bias as a float, or a ValueError that names the bad value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"sparsity bias {value!r} must be a finite number (0 = the trained router; positive = "
+                         "sparser, negative = denser; the shipped router's logits are tens to hundreds)")
+    return float(value)
+
+
 class sparsity_bias:
     """Shift every router's decision threshold: a head goes sparse when logit + value > 0.
 
@@ -56,13 +64,11 @@ class sparsity_bias:
     """
 
     def __init__(self, model, value: float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"sparsity bias {value!r} must be a finite number (0 = the trained router; "
-                             "positive = sparser, negative = denser; the router logits are of order 1-10)")
+        value = check_sparsity_bias(value)
         self.runtime = runtime_of(model)
         self.model = model
         self.previous = self.runtime.sparsity_bias
-        self.runtime.sparsity_bias = float(value)
+        self.runtime.sparsity_bias = value
 
     def __enter__(self):
         return self.model

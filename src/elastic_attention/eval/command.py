@@ -82,14 +82,13 @@ def evaluate(model="default", tokenizer=None, *, router=None, methods="full,spar
 
     model: a name or path for `load_model`, or a model object (then give `tokenizer`).
     Returns (EvalResults, {kind: path}) -- paths empty when out is None."""
-    from ..control import sparsity_bias as sparsity_bias_of
+    from ..control import check_sparsity_bias, sparsity_bias as sparsity_bias_of
     from ..models import load_model
     from .report import write_report
     from .runner import parse_lengths, parse_methods, parse_tasks, prepare_model, run_eval
 
     parsed = parse_methods(methods)  # fail on bad input before loading anything
-    if not isinstance(sparsity_bias, (int, float)) or sparsity_bias != sparsity_bias:
-        raise ValueError(f"--sparsity-bias {sparsity_bias!r} must be a number")
+    check_sparsity_bias(sparsity_bias)
     parse_tasks(tasks)
     parse_lengths(lengths)
     if any(m.kind == "elastic" for m in parsed) and router is None and (

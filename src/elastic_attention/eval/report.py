@@ -87,7 +87,8 @@ def category_table(results: EvalResults) -> list[str]:
         row = []
         for m in results.methods:
             v = per.get(m)
-            row.append("-" if v is None else f"{_fmt(v['score'], 1)} ({_fmt(v['msr'])}) [{_fmt(v['score_vs_full'], 0)}]")
+            row.append("-" if v is None
+                       else f"{_fmt(v['score'], 1)} ({_fmt(v['msr'])}) [{_fmt(v['score_vs_full'], 0)}]")
         lines.append(f"| {cat} | " + " | ".join(row) + " |")
     matched = results.config.get("static_elastic_msr")
     if matched is not None:

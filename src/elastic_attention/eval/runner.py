@@ -145,7 +145,11 @@ def prepare_model(model, router=None, **overrides):
 def method_modes(model, tokenizer, methods: list[Method], score_samples: int = 12, score_length: int = 2048,
                  progress: bool = True) -> tuple[dict, torch.Tensor | None]:
     """force_mode argument of every method; retrieval scores (or None) when a static method needs them."""
-    modes, scores = {}, None
+    scores = None
+    if any(m.kind == "static" for m in methods):  # static:MSR and static:elastic rank heads by these
+        scores = baselines.retrieval_scores(model, tokenizer, samples=score_samples, length=score_length,
+                                            progress=progress)
+    modes = {}
     for m in methods:
         if m.kind in ("full", "sparse"):
             modes[m.name] = m.kind
@@ -153,16 +157,8 @@ def method_modes(model, tokenizer, methods: list[Method], score_samples: int = 1
             modes[m.name] = "router"
         elif m.kind == "gate":
             modes[m.name] = load_static_gate(model, m.arg).mask()
-        elif m.arg == "elastic":
-            continue  # set once the elastic method has run (run_eval)
-        else:
-            if scores is None:
-                scores = baselines.retrieval_scores(model, tokenizer, samples=score_samples, length=score_length,
-                                                    progress=progress)
+        elif m.arg != "elastic":  # static:elastic gets its mask once the elastic method has run (run_eval)
             modes[m.name] = baselines.static_mask(scores, m.arg)
-    if scores is None and any(m.arg == "elastic" for m in methods):
-        scores = baselines.retrieval_scores(model, tokenizer, samples=score_samples, length=score_length,
-                                            progress=progress)
     return modes, scores
 
 

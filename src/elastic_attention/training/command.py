@@ -7,11 +7,13 @@ import os
 import sys
 
 from .data import DEFAULT_TARGETS, parse_target
+from .objective import LAMBDA_SCHEDULES, PENALTIES
 
 
 def _default(name: str):
     from .trainer import TrainConfig
     return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+
 
 
 def add_parsers(subparsers) -> None:
@@ -31,12 +33,12 @@ def add_parsers(subparsers) -> None:
                    help="router learning rate (default %(default)g; the paper's is 5e-4)")
     p.add_argument("--lambda-lr", type=float, default=_default("lambda_lr"),
                    help="multiplier learning rate (default %(default)g; the paper's is 1e-3)")
-    p.add_argument("--penalty", choices=("signed", "abs"), default="signed",
+    p.add_argument("--penalty", choices=PENALTIES, default=_default("penalty"),
                    help="linear term of the Lagrangian: lambda1*(MSR-t) (signed, the paper) or lambda1*|MSR-t| "
                         "(abs, the public code)")
-    p.add_argument("--lambda-schedule", choices=("cosine", "constant"), default="cosine",
+    p.add_argument("--lambda-schedule", choices=LAMBDA_SCHEDULES, default=_default("lambda_schedule"),
                    help="multipliers' learning rate: the routers' warmup + cosine decay, or constant")
-    p.add_argument("--calibration-samples", type=int, default=64,
+    p.add_argument("--calibration-samples", type=int, default=_default("calibration_samples"),
                    help="training prompts that measure the router input statistics (router_norm standardize)")
     p.add_argument("--target", action="append", default=[], metavar="NAME=VALUE",
                    help="target MSR of a category or a task (repeatable); defaults "
@@ -77,7 +79,8 @@ def run_train(args) -> int:
         cfg = TrainConfig(data=args.data, out=args.out, model=args.model, steps=args.steps, max_len=args.max_len,
                           batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
                           lambda_lr=args.lambda_lr, penalty=args.penalty, lambda_schedule=args.lambda_schedule,
-                          calibration_samples=args.calibration_samples, targets=targets, seed=args.seed, resume=args.resume,
+                          calibration_samples=args.calibration_samples, targets=targets, seed=args.seed,
+                          resume=args.resume,
                           save_every=args.save_every, tau_schedule=args.tau_schedule, static_gate=args.static_gate,
                           checkpointing=args.checkpointing, cudnn_sdpa=args.cudnn_sdpa,
                           elastic_config=args.elastic_config,

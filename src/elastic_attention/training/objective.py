@@ -17,6 +17,7 @@ from torch import nn
 
 
 PENALTIES = ("signed", "abs")
+LAMBDA_SCHEDULES = ("cosine", "constant")  # the multipliers' lr: the routers' warmup + cosine decay, or flat
 
 
 class Lagrangian(nn.Module):

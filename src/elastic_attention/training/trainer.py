@@ -27,11 +27,10 @@ from ..metrics import soft_msr
 from ..router import TemperatureSchedule
 from . import checkpoint, distributed
 from .data import Batcher, Targets, collate, encode, file_digest, load_records
-from .objective import PENALTIES, Lagrangian, answer_ce
+from .objective import LAMBDA_SCHEDULES, PENALTIES, Lagrangian, answer_ce
 from .report import StepLog, plot, progress
 
 STATIC_CONSTRAINT = "all"
-LAMBDA_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
