@@ -12,6 +12,7 @@ import torch
 
 from elastic_attention.attention import FA, SSA, XA, head_masks, masked_attention
 from elastic_attention.attention.kernels import hybrid_prefill
+from elastic_attention.attention.kernels.flex import bucket_length
 from elastic_attention.attention.kernels.blocks import padding_bounds
 from elastic_attention.attention.kernels.xa import xa_select
 from elastic_attention.attention.masks import causal_allowed, xa_mask
@@ -49,14 +50,14 @@ def _case(seed, b, hq, hk, s, d, modes_pool, pad, cfg, dtype=torch.float32, devi
     return q, k, v, modes.to(device), (kp.to(device) if kp is not None else None), valid.to(device)
 
 
-def _check(q, k, v, modes, kp, valid, cfg, backend, tol, real_rows_only=True):
+def _check(q, k, v, modes, kp, valid, cfg, backend, tol, real_rows_only=True, bucket=None):
     scale = q.shape[-1] ** -0.5
     s = q.shape[2]
     allowed = _allowed(valid, s)
     mask = head_masks(modes, allowed, q.float(), k.float(), scale, cfg)
     ref = masked_attention(q.float(), k.float(), v.float(), mask, scale)
     out, dens = hybrid_prefill(q, k, v, modes, cfg, scale, key_padding=kp, backend=backend,
-                               return_density=True)
+                               return_density=True, bucket=bucket)
     assert out.shape == q.shape and out.dtype == q.dtype
     assert torch.isfinite(out).all()
     err = (out.float() - ref).norm() / ref.norm()
@@ -87,6 +88,24 @@ def test_cpu_xa_modes(pad):
     case = _case(3, 2, 4, 2, 320, 16, [FA, SSA, XA], pad, CPU_CFG)
     _check(*case, CPU_CFG, "flex", 1e-4)
     _check(*case, CPU_CFG, "split", 1e-4)
+
+
+@pytest.mark.parametrize("pad", ["none", "left", "right"])
+@pytest.mark.parametrize("pool", [[FA, SSA], [SSA], [FA, SSA, XA]])
+def test_cpu_bucketed_flex_is_exact(pad, pool):
+    # CUDA runs FlexAttention at bucket_length(s) (zero rows appended): the same result as unpadded.
+    s = 180  # bucket 256: 76 appended rows; the XA block table grows from 3 to 4 blocks of 64
+    assert bucket_length(s) == 256
+    case = _case(7, 2, 4, 2, s, 16, pool, pad, CPU_CFG)
+    _check(*case, CPU_CFG, "flex", 1e-4, bucket=True)
+    _check(*case, CPU_CFG, "split", 1e-4, bucket=True)
+
+
+def test_bucket_lengths_are_few_and_close():
+    lengths = {bucket_length(s) for s in range(1, (1 << 17) + 1)}
+    assert len(lengths) == 36  # every prompt up to 128K tokens compiles at 36 shapes at most
+    for s in (129, 1000, 3930, 4097, 100_000):
+        assert s <= bucket_length(s) <= 1.25 * s + 128 and bucket_length(s) % 128 == 0
 
 
 def test_cpu_xa_selection_matches_reference():

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..masks import FA, SSA, XA
 from . import cudnn_band
 from .blocks import density as analytic_density, padding_bounds, ssa_density
-from .flex import build_block_mask, flex_run
+from .flex import bucket_length, build_block_mask, flex_run
 from .xa import xa_select
 
 PREFILL_BACKENDS = ("auto", "cudnn", "split", "flex", "triton", "split_triton")
@@ -79,13 +79,16 @@ def supported(q: torch.Tensor, k: torch.Tensor) -> bool:
 
 
 def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tensor | None = None,
-                   backend: str | None = None, return_density: bool = False, kernel_options=None):
+                   backend: str | None = None, return_density: bool = False, kernel_options=None,
+                   bucket: bool | None = None):
     """Causal prefill attention, every KV head in its own mode; output [b, hq, s, d] in q's dtype.
 
     q [b, hq, s, d]; k, v [b, hk, s, d] (GQA: never repeated); modes [b, hk] ints FA/SSA/XA;
     key_padding [b, s] bool, True = real token (one contiguous run per row), or None. XA block
     selection runs here (on q's device). With return_density, also returns [b, hk] the fraction of
-    allowed pairs each head keeps (ESR input), computed analytically.
+    allowed pairs each head keeps (ESR input), computed analytically. bucket: FlexAttention runs at
+    `bucket_length(s)` (zero rows appended, the output cut back) so the compiled kernel sees few
+    shapes; None = on CUDA, where it is compiled.
     """
     backend = backend or DEFAULT_BACKEND
     if backend not in PREFILL_BACKENDS:
@@ -143,19 +146,26 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
     elif backend in ("triton", "split_triton"):
         from .triton_hybrid import triton_hybrid
         out = triton_hybrid(q, k, v, modes_q, start, end, config, scale, xa_keep, skip_fa, has_xa=has_xa)
-    elif padded or has_xa:  # the mask depends on the data: built for this call
-        bm = build_block_mask(modes_q, start, end, s, config, xa_keep, skip_fa, has_xa=has_xa, padded=True)
-        out = flex_run(q, k, v, bm, scale, kernel_options)
-    else:  # depends on the decisions and the length only: reused across layers and calls
-        key = (tuple(map(tuple, modes_list)), skip_fa, hq, s, config.sink, config.local, str(q.device))
-        bm = _MASKS.pop(key, None)
-        if bm is None:
-            bm = build_block_mask(modes_q, start, end, s, config, None, skip_fa, has_xa=False, padded=False)
-        if _mask_bytes(bm) <= MASK_CACHE_ENTRY_BYTES:  # wide lists (every head, long prompt) stay uncached
-            _MASKS[key] = bm  # most recently used last
-            if len(_MASKS) > MASK_CACHE_SIZE:
-                _MASKS.pop(next(iter(_MASKS)))
-        out = flex_run(q, k, v, bm, scale, kernel_options)
+    else:
+        # Zero rows appended after the prompt change nothing a real query sees (keys > q are never
+        # kept; the block tables bound keys by `end`); the extra query rows are cut off.
+        sb = bucket_length(s) if (on_cuda if bucket is None else bucket) else s
+        qf, kf, vf = (F.pad(t, (0, 0, 0, sb - s)) if sb > s else t for t in (q, k, v))
+        if padded or has_xa:  # the mask depends on the data: built for this call
+            if xa_keep is not None and sb > s:
+                nb = -(-sb // config.xa_block)
+                xa_keep = F.pad(xa_keep, (0, nb - xa_keep.shape[-1], 0, nb - xa_keep.shape[-2]))
+            bm = build_block_mask(modes_q, start, end, sb, config, xa_keep, skip_fa, has_xa=has_xa, padded=True)
+        else:  # depends on the decisions and the length only: reused across layers and calls
+            key = (tuple(map(tuple, modes_list)), skip_fa, hq, s, sb, config.sink, config.local, str(q.device))
+            bm = _MASKS.pop(key, None)
+            if bm is None:
+                bm = build_block_mask(modes_q, start, end, sb, config, None, skip_fa, has_xa=False, padded=False)
+            if _mask_bytes(bm) <= MASK_CACHE_ENTRY_BYTES:  # wide lists (every head, long prompt) stay uncached
+                _MASKS[key] = bm  # most recently used last
+                if len(_MASKS) > MASK_CACHE_SIZE:
+                    _MASKS.pop(next(iter(_MASKS)))
+        out = flex_run(qf, kf, vf, bm, scale, kernel_options)[:, :, :s]
     if runs:
         if on_cuda:
             main.wait_stream(side)

@@ -61,6 +61,19 @@ def build_block_mask(modes_q, start, end, seq: int, config, xa_keep=None, skip_f
         return BlockMask.from_kv_blocks(pc, pi, fc, fi, **kwargs)
 
 
+def bucket_length(seq: int) -> int:
+    """The length the compiled kernel runs at: seq rounded up to one of 4 steps per doubling.
+
+    The kernel is compiled for static shapes, so without buckets every new prompt length compiled
+    again (and past dynamo's cache limit fell back to a slow path). With them, all lengths up to 128K
+    tokens run at 36 shapes per mask rule, for at most 25 % more sparse work.
+    """
+    if seq <= FLEX_BLOCK:
+        return FLEX_BLOCK
+    step = max(FLEX_BLOCK, 1 << (seq - 1).bit_length() - 3)
+    return -(-seq // step) * step
+
+
 @functools.lru_cache(maxsize=None)
 def compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
