@@ -212,6 +212,17 @@ def test_bad_force_mode_values_raise(bad):
     assert model.elastic_runtime.forced is None  # nothing changed
 
 
+def test_per_row_force_mode_replays_a_batch_routing():
+    model = attach(tiny_model("llama", seed=7), CFG)
+    ids, mask = batch("left")
+    per_row = torch.tensor([[[True, False], [False, False]], [[False, True], [True, True]]])
+    with torch.no_grad(), force_mode(model, per_row):
+        model(ids, attention_mask=mask)
+        assert torch.equal(routing_stats(model).decisions, per_row)
+        with pytest.raises(ValueError, match="batch of 2.*batch of 1"):
+            model(ids[:1], attention_mask=mask[:1])
+
+
 def test_force_mode_on_unattached_model_raises():
     with pytest.raises(ValueError, match="attach"):
         force_mode(tiny_model("llama"), "full")

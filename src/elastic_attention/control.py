@@ -16,7 +16,9 @@ class force_mode:
 
     mode: "router" (the routers decide, default), "full" (every head full attention), "sparse"
     (every head the config's sparse mode), or a bool tensor [layers, kv_heads], True = sparse
-    (a static hybrid: False heads run the config's retrieval mode).
+    (a static hybrid: False heads run the config's retrieval mode). A bool tensor [batch, layers,
+    kv_heads] (for example `routing_stats(model).decisions`) gives each row of a batch its own heads
+    and then only fits calls of that batch size.
     """
 
     def __init__(self, model, mode="router"):
@@ -36,9 +38,9 @@ class force_mode:
 def _check(mode, rt):
     if isinstance(mode, torch.Tensor):
         shape = (rt.num_layers, rt.kv_heads)
-        if tuple(mode.shape) != shape:
-            raise ValueError(f"a static mode mask must have shape [layers, kv_heads] = {list(shape)}, "
-                             f"got {list(mode.shape)}")
+        if tuple(mode.shape[-2:]) != shape or mode.ndim not in (2, 3):
+            raise ValueError(f"a static mode mask must have shape [layers, kv_heads] = {list(shape)} or "
+                             f"[batch, layers, kv_heads], got {list(mode.shape)}")
         if mode.dtype != torch.bool:
             raise ValueError(f"a static mode mask must be a bool tensor (True = sparse), got {mode.dtype}")
         return mode.clone()

@@ -58,6 +58,7 @@ class LayerState:
         self.modes: torch.Tensor | None = None  # [b, hk] int FA / SSA / XA
         self.density: torch.Tensor | None = None  # [b, hk] fraction of allowed pairs kept
         self.last_row: torch.Tensor | None = None  # [b, hq, kv] probs of the last query
+        self.cache_layer = None  # set by an ElasticCache layer's update for the attention call that follows
 
     def route(self, valid: torch.Tensor | None, batch: int, device) -> None:
         """Decide every KV head's mode for this prefill. valid: [b, s] real (non-padding) keys or None."""
@@ -77,7 +78,12 @@ class LayerState:
             self.logits, r = self.router(keys, valid, rt.sparsity_bias)
         elif isinstance(rt.forced, torch.Tensor):
             self.logits = None
-            r = rt.forced[self.layer_idx].to(device, torch.float32).expand(batch, hk)
+            forced = rt.forced[..., self.layer_idx, :]  # [hk], or [b, hk] for a per-row mask
+            if forced.ndim == 2 and forced.shape[0] != batch:
+                raise ValueError(f"force_mode was given decisions for a batch of {forced.shape[0]} but the model "
+                                 f"was called with a batch of {batch}; pass a [layers, kv_heads] mask to use "
+                                 "the same heads for every row")
+            r = forced.to(device, torch.float32).expand(batch, hk)
         else:
             self.logits = None
             r = torch.full((batch, hk), 1.0 if rt.forced == "sparse" else 0.0, device=device)
@@ -145,7 +151,8 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
 
     query [b, hq, sq, d] and key/value [b, hk, skv, d] arrive after RoPE and the KV cache.
     A call without earlier tokens (sq == skv) is a prefill: the router decides. Later calls
-    (decode steps, chunks) reuse the decisions stored for this layer and batch.
+    (decode steps, chunks) reuse the decisions stored for this layer and batch. With an ElasticCache
+    (cache.py) the prefill compacts the cache afterwards and later calls attend to its kept entries.
     """
     state: LayerState | None = getattr(module, "elastic_state", None)
     if state is None:
@@ -153,6 +160,9 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
                            "instead of setting attn_implementation='elastic' by hand")
     rt, cfg = state.runtime, state.runtime.config
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    cache = _elastic_cache_layer(state, key, query.shape[2], kwargs)
+    if cache is not None and cache.compacted:
+        return cache.attend(query, scale, kwargs.get("position_ids")).transpose(1, 2).contiguous(), None
     b, hq, sq, _ = query.shape
     masks = ModeMasks(attention_mask, query, key, scale, cfg)
 
@@ -188,7 +198,23 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
     if rt.capture_last_row:
         state.last_row = _last_row_probs(query, key, head_masks(state.modes, masks.allowed, query, key, scale, cfg),
                                          scale)
+    if cache is not None:
+        cache.compact(state.modes, None if masks.plain_causal else valid_keys(masks.allowed))
     return out.transpose(1, 2).contiguous(), None
+
+
+def _elastic_cache_layer(state: LayerState, key: torch.Tensor, new: int, kwargs: dict):
+    """The ElasticCache layer (cache.py) whose update returned `key` for this call, or None without one."""
+    cache, state.cache_layer = state.cache_layer, None
+    if cache is None or not cache.owns(key):
+        return None
+    rt = state.runtime
+    learner = rt.gate if rt.gate is not None else state.router
+    if rt.forced is None and learner.training:
+        raise ValueError("ElasticCache keeps only what the prompt's decisions need, and training mixes both "
+                         "modes; call model.eval() for generation, or use no cache")
+    cache.check_window(kwargs.get("sliding_window"), new)
+    return cache
 
 
 def _last_row_probs(query, key, mask, scale):

@@ -1,0 +1,289 @@
+"""ElasticCache: a KV cache that keeps, after the prompt, only the entries each head can still attend to.
+
+The prompt runs as any prefill (routed, over the whole prompt). Then each layer compacts its cache by
+that layer's decisions, per batch row and KV head:
+- FA heads (and XA heads, see below) keep every position, packed together: [fa pairs, T, d].
+- SSA heads keep the first `sink` real tokens and the last `local` ones in a fixed buffer
+  [ssa pairs, sink + local, d]: slots [0, sink) hold the sink, slots [sink, sink + local) a ring of the
+  window where the token of rank r (its index among the row's real tokens) lives in slot
+  sink + (r - sink) % local. After a token is written the buffer holds exactly the keys SSA lets it
+  see (rank < sink or rank > its rank - local), so decode needs no mask once the buffer is full.
+- XA heads keep their whole KV (a later query's blocks may select any key) and decode attends to all
+  of it: with this cache XAttention is a prefill-only sparsity.
+Decode steps attend with torch SDPA over the packed pairs only, the query heads of a GQA group
+stacked as the rows of one head. The decisions are the prompt's, as with a plain cache.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from .attention.masks import SSA, causal_allowed
+from .integrations.hf import attention_modules, runtime_of
+
+
+class ElasticCache(Cache):
+    """A transformers Cache for one prompt (batch) of an attached model, then its decode steps.
+
+    Use a new one for every prompt: `model.generate(ids, past_key_values=ElasticCache(model))`, or pass it
+    to the model's forward in a loop of your own (generation.greedy_generate does). Tokens fed after
+    the prompt are taken as real (not padding), as generate does.
+    """
+
+    def __init__(self, model):
+        runtime = runtime_of(model)
+        max_positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        layers = [ElasticLayer(module, runtime.config.sink, runtime.config.local, max_positions)
+                  for module in attention_modules(model)]
+        self._user_defined = False
+        super().__init__(layers=layers)
+
+    @property
+    def _is_user_defined(self) -> bool:
+        return self._user_defined
+
+    @_is_user_defined.setter
+    def _is_user_defined(self, value: bool) -> None:
+        # generate() marks the cache it is handed at the start of every call: one that holds tokens is being reused.
+        if value and self.get_seq_length() > 0:
+            raise ValueError(f"this ElasticCache holds a finished prompt of batch {self.layers[0].kv.batch} "
+                             f"({self.get_seq_length()} positions); create a new ElasticCache for every generate call")
+        self._user_defined = value
+
+    def kv_bytes(self) -> int:
+        """Bytes of the key and value tensors held now."""
+        return sum(layer.kv_bytes() for layer in self.layers)
+
+    def full_kv_bytes(self) -> int:
+        """Bytes a plain cache would hold for the same tokens: every position of every head."""
+        return sum(layer.full_kv_bytes() for layer in self.layers)
+
+
+class ElasticLayer(CacheLayerMixin):
+    """One layer: holds the prompt until the attention function compacts it, then a CompactKV."""
+
+    is_compileable = False
+    is_croppable = False  # evicted window entries cannot come back
+    is_sliding = False
+
+    def __init__(self, module, sink: int, local: int, max_positions: int | None):
+        super().__init__()
+        self.module, self.state = module, module.elastic_state
+        self.sink, self.local, self.max_positions = sink, local, max_positions
+        self.length = 0  # positions seen, padding included (what a plain cache would hold)
+        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None  # this call's keys and values
+        self.kv: CompactKV | None = None
+        self.full_bytes_per_position = 0  # batch * kv_heads * head_dim * 2 * element size
+
+    # -- transformers' side: called by the attention module just before the attention function
+
+    def lazy_initialization(self, key_states, value_states) -> None:
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if getattr(self.module, "elastic_state", None) is not self.state:
+            raise ValueError("the routers of this model were detached or attached again after this ElasticCache "
+                             "was created; create a new ElasticCache(model)")
+        if self.pending is not None:
+            raise RuntimeError("an earlier call through this ElasticCache did not reach the elastic attention "
+                               "function; create a new ElasticCache(model) and run the prompt again")
+        b, _, sq, _ = key_states.shape
+        if self.kv is not None and b != self.kv.batch:
+            raise ValueError(f"this ElasticCache holds a finished prompt of batch {self.kv.batch}, but the model was "
+                             f"called with a batch of {b}; create a new ElasticCache for every prompt or generate call")
+        if self.max_positions is not None and self.length + sq > self.max_positions:
+            what = "the prompt has" if self.kv is None else "with this call the sequence would have"
+            raise ValueError(f"{what} {self.length + sq} positions, more than the model's maximum "
+                             f"(config.max_position_embeddings = {self.max_positions}); shorten the prompt "
+                             "or generate fewer tokens")
+        self.lazy_initialization(key_states, value_states)
+        self.pending = (key_states, value_states)
+        self.state.cache_layer = self  # lets the attention function find this layer (integrations/hf.py)
+        return key_states, value_states
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def get_max_cache_shape(self) -> int:  # the name of get_max_length in older transformers
+        return -1
+
+    def reset(self) -> None:
+        self.length, self.pending, self.kv, self.is_initialized = 0, None, None, False
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove != 0:
+            raise NotImplementedError("ElasticCache cannot crop: SSA heads have already dropped the tokens that "
+                                      "left their window (assisted decoding needs a plain cache)")
+
+    def reorder_cache(self, beam_idx) -> None:
+        raise NotImplementedError("ElasticCache does not support beam search; use greedy or sampled decoding")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise NotImplementedError("ElasticCache cannot repeat its rows; create it for the expanded batch")
+
+    def batch_select_indices(self, indices) -> None:
+        raise NotImplementedError("ElasticCache cannot select rows; use a plain cache for this generation mode")
+
+    def offload(self) -> None:
+        pass  # the compact layout stays on its device
+
+    def prefetch(self) -> None:
+        pass
+
+    # -- the attention function's side (integrations/hf.py)
+
+    @property
+    def compacted(self) -> bool:
+        return self.kv is not None
+
+    def owns(self, key: torch.Tensor) -> bool:
+        """Whether `key` is what this layer's update just returned (guards against a stale link)."""
+        return self.pending is not None and self.pending[0] is key
+
+    def check_window(self, window: int | None, new: int) -> None:
+        """The model's own sliding window (Mistral, some Qwen2 layers) is not applied by the compact layout."""
+        if window is not None and self.length + new > window:
+            raise ValueError(f"the sequence reaches {self.length + new} positions, more than this model's sliding "
+                             f"window ({window}), which ElasticCache does not apply; use a plain cache "
+                             "(greedy_generate(..., elastic_cache=False))")
+
+    def compact(self, modes: torch.Tensor, valid: torch.Tensor | None) -> None:
+        """After the prompt's attention: keep per (row, KV head) what its mode needs. valid: [b, s] real keys."""
+        keys, values = self.pending
+        self.pending = None
+        self.kv = CompactKV(keys, values, modes, valid, self.sink, self.local)
+        self.length = keys.shape[2]
+        b, hk, _, d = keys.shape
+        self.full_bytes_per_position = b * hk * d * 2 * keys.element_size()
+
+    def attend(self, query: torch.Tensor, scale: float, position_ids: torch.Tensor | None) -> torch.Tensor:
+        """Attention of this call's queries [b, hq, sq, d] over the kept entries plus this call's tokens."""
+        key, value = self.pending
+        self.pending = None
+        if query.shape[2] > 1 and position_ids is not None:
+            self.kv.check_continuation(position_ids)
+        out = self.kv.extend_and_attend(query, key, value, scale)
+        self.length += key.shape[2]
+        return out
+
+    def kv_bytes(self) -> int:
+        return self.kv.nbytes() if self.kv is not None else 0
+
+    def full_kv_bytes(self) -> int:
+        return self.length * self.full_bytes_per_position
+
+
+class CompactKV:
+    """The kept keys and values of one layer, FA pairs and SSA pairs packed apart (see the module doc)."""
+
+    def __init__(self, keys, values, modes, valid, sink: int, local: int):
+        b, hk, s, _ = keys.shape
+        dev = keys.device
+        self.batch, self.kv_heads, self.sink, self.local = b, hk, sink, local
+        streaming = modes == SSA
+        self.fa_rows, self.fa_heads = (~streaming).nonzero(as_tuple=True)
+        self.ssa_rows, self.ssa_heads = streaming.nonzero(as_tuple=True)
+        self.ssa_pairs = torch.arange(len(self.ssa_rows), device=dev)
+        self.fa_keys, self.fa_values = keys[self.fa_rows, self.fa_heads], values[self.fa_rows, self.fa_heads]
+
+        if valid is None or bool(valid.all()):
+            self.fa_valid = None  # [b, T] real positions; None = nothing padded
+            count = torch.full((b,), s, device=dev)
+            order = torch.arange(s, device=dev).expand(b, s)
+        else:
+            self.fa_valid = valid.clone()
+            count = valid.sum(1)
+            order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)  # real positions first, in order
+        self.count = count  # [b] real tokens seen per row: the rank the next token gets
+        counts = count.tolist()
+        self.min_count, self.max_count = min(counts), max(counts)  # host copies: no device sync per step
+
+        # Slot j < sink holds rank j; ring slot j holds the latest rank r < count with r = j (mod local).
+        width = min(self.max_count, sink + local)
+        slot = torch.arange(width, device=dev)
+        ring = slot + local * ((count[:, None] - 1 - slot) // local).clamp(min=0)
+        rank = torch.where(slot < sink, slot, ring)
+        filled = slot < count[:, None]  # [b, width]
+        pos = order.gather(1, torch.where(filled, rank, 0).clamp(max=s - 1))
+        rows, heads = self.ssa_rows[:, None], self.ssa_heads[:, None]
+        self.ssa_keys, self.ssa_values = keys[rows, heads, pos[self.ssa_rows]], values[rows, heads, pos[self.ssa_rows]]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.fa_keys, self.fa_values, self.ssa_keys, self.ssa_values))
+
+    def check_continuation(self, position_ids: torch.Tensor) -> None:
+        """A call whose positions start before the tokens a row already holds is a new prompt, not more tokens."""
+        first = position_ids[:, 0].to(self.count.device).expand(self.batch)
+        if bool(((first < self.count) & (self.count > 0)).any()):
+            raise ValueError(f"this ElasticCache holds a finished prompt of batch {self.batch}, and this call starts "
+                             "again at an earlier position (a new prompt?); create a new ElasticCache for every "
+                             "prompt or generate call")
+
+    def extend_and_attend(self, query, key, value, scale) -> torch.Tensor:
+        """Add this call's keys [b, hk, sq, d] and attend each query [b, hq, sq, d] to what its mode keeps."""
+        b, hq, sq, d = query.shape
+        grouped = query.view(b, self.kv_heads, hq // self.kv_heads, sq, d)
+        out = torch.empty_like(grouped)
+        if len(self.fa_rows):
+            out[self.fa_rows, self.fa_heads] = self._full(grouped[self.fa_rows, self.fa_heads], key, value, scale)
+        if len(self.ssa_rows):
+            out[self.ssa_rows, self.ssa_heads] = self._streaming(grouped[self.ssa_rows, self.ssa_heads], key, value,
+                                                                 scale)
+        self.count = self.count + sq
+        self.min_count, self.max_count = self.min_count + sq, self.max_count + sq
+        return out.view(b, hq, sq, d)
+
+    def _full(self, q, key, value, scale):
+        """q [pairs, groups, sq, d]: every position so far, causal within this call, padding masked."""
+        n, g, sq, d = q.shape
+        rows, heads = self.fa_rows, self.fa_heads
+        self.fa_keys = torch.cat([self.fa_keys, key[rows, heads]], dim=1)
+        self.fa_values = torch.cat([self.fa_values, value[rows, heads]], dim=1)
+        if self.fa_valid is not None:
+            self.fa_valid = torch.cat([self.fa_valid, self.fa_valid.new_ones(self.batch, sq)], dim=1)
+        total = self.fa_keys.shape[1]
+        mask = None if sq == 1 else causal_allowed(1, sq, total, q.device)[0]  # [1, sq, T]
+        if self.fa_valid is not None:
+            valid = self.fa_valid[rows][:, None, :]  # [pairs, 1, T]
+            mask = valid if mask is None else mask & valid
+        if mask is not None:  # the query rows of the stacked groups share their position's mask
+            mask = mask[:, None].expand(-1, g, sq, total).reshape(-1, 1, g * sq, total)
+        out = F.scaled_dot_product_attention(q.reshape(n, 1, g * sq, d), self.fa_keys[:, None],
+                                             self.fa_values[:, None], attn_mask=mask, scale=scale)
+        return out.view(n, g, sq, d)
+
+    def _streaming(self, q, key, value, scale):
+        """q [pairs, groups, sq, d]: token by token, write it into the buffer, then attend to the buffer."""
+        n, g, sq, d = q.shape
+        rows, heads = self.ssa_rows, self.ssa_heads
+        outs = []
+        for i in range(sq):
+            self._write(key[rows, heads, i], value[rows, heads, i], (self.count + i)[rows], self.max_count + i + 1)
+            width = self.ssa_keys.shape[1]
+            mask = None
+            if self.min_count + i + 1 < width:  # some rows have not filled the buffer yet
+                filled = torch.arange(width, device=q.device) < (self.count + i + 1)[rows, None]
+                mask = filled[:, None, None, :]
+            out = F.scaled_dot_product_attention(q[:, :, i][:, None], self.ssa_keys[:, None], self.ssa_values[:, None],
+                                                 attn_mask=mask, scale=scale)
+            outs.append(out.view(n, g, d))
+        return torch.stack(outs, dim=2)
+
+    def _write(self, k, v, rank, tokens: int) -> None:
+        """Store one token per SSA pair (k, v [pairs, d]) at the slot of its rank; the buffer grows until full."""
+        width = min(tokens, self.sink + self.local)
+        if self.ssa_keys.shape[1] < width:
+            grow = width - self.ssa_keys.shape[1]
+            self.ssa_keys = F.pad(self.ssa_keys, (0, 0, 0, grow))
+            self.ssa_values = F.pad(self.ssa_values, (0, 0, 0, grow))
+        slot = torch.where(rank < self.sink, rank, self.sink + (rank - self.sink) % self.local)
+        self.ssa_keys[self.ssa_pairs, slot] = k
+        self.ssa_values[self.ssa_pairs, slot] = v

@@ -1,0 +1,313 @@
+"""ElasticCache: decode from the compact cache equals recomputing the routed prefill at every step with the
+prompt's decisions held fixed; its memory follows the formula; bad uses raise errors that name the fix."""
+
+import inspect
+
+import pytest
+import torch
+
+from elastic_attention import ElasticCache, ElasticConfig, attach, detach, force_mode, routing_stats
+from elastic_attention.attention.masks import FA, XA
+from elastic_attention.generation import greedy_generate
+from helpers import padded_batch, tiny_model
+
+CFG = ElasticConfig(sink=4, local=16)
+STEPS = 24
+TOL = 1e-4
+# [layers=2, kv_heads=2], True = SSA: every layer mixes full and sparse heads
+MIXED = torch.tensor([[True, False], [False, True]])
+# per row of a batch of 2: row 1 differs from row 0 in every layer
+PER_ROW = torch.tensor([[[True, False], [False, True]], [[False, True], [True, True]]])
+
+
+def model_with_routers(cfg=CFG, seed=0, **overrides):
+    model = tiny_model("llama", seed=seed, max_position_embeddings=128, **overrides)
+    model.generation_config.eos_token_id = None  # generate the full length
+    return attach(model, cfg)
+
+
+def cache_kw(model, cache):
+    # transformers 5.24 renamed `past_key_values` to `cache`
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
+def positions(mask):
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def decode_with_cache(model, ids, mask, decisions, steps=STEPS, chunk=None):
+    """Greedy tokens and last-position logits per step, decoding from an ElasticCache.
+    chunk: feed that many reference tokens at once right after the prompt (a continuation call)."""
+    cache = ElasticCache(model)
+    with force_mode(model, decisions):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True,
+                    **cache_kw(model, cache))
+    logits, tokens = [out.logits[:, -1]], [out.logits[:, -1].argmax(-1)]
+    if chunk is not None:
+        extra = chunk  # [b, n] tokens fed in one call
+        mask = torch.cat([mask, torch.ones_like(extra)], dim=1)
+        out = model(input_ids=extra, attention_mask=mask, position_ids=positions(mask)[:, -extra.shape[1]:],
+                    use_cache=True, **cache_kw(model, cache))
+        logits, tokens = [out.logits[:, -1]], [out.logits[:, -1].argmax(-1)]
+    for _ in range(steps - 1):
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=positions(mask)[:, -1:],
+                    use_cache=True, **cache_kw(model, cache))
+        logits.append(out.logits[:, -1])
+        tokens.append(out.logits[:, -1].argmax(-1))
+    return torch.stack(tokens, 1), torch.stack(logits, 1), cache
+
+
+@torch.no_grad()
+def decode_by_recompute(model, ids, mask, decisions, steps=STEPS, chunk=None):
+    """The same, recomputing the routed prefill over the whole sequence at every step (no cache)."""
+    if chunk is not None:
+        ids, mask = torch.cat([ids, chunk], 1), torch.cat([mask, torch.ones_like(chunk)], 1)
+    logits, tokens = [], []
+    with force_mode(model, decisions):
+        for _ in range(steps):
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False)
+            last = out.logits[:, -1]
+            logits.append(last)
+            tokens.append(last.argmax(-1))
+            ids = torch.cat([ids, tokens[-1][:, None]], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    return torch.stack(tokens, 1), torch.stack(logits, 1)
+
+
+def assert_same_decode(got, want):
+    (got_tokens, got_logits), (want_tokens, want_logits) = got[:2], want[:2]
+    assert torch.equal(got_tokens, want_tokens)
+    diff = (got_logits - want_logits).abs().max().item()
+    assert diff <= TOL, f"logits differ by {diff}"
+
+
+def expected_bytes(model, rows_tokens, decisions):
+    """Per layer, the sum over (row, KV head) of kept tokens x head_dim x 2 (K, V) x 4 bytes (fp32):
+    every token for FA, min(tokens, sink + local) for SSA. decisions [b, layers, kv_heads]."""
+    d = model.config.hidden_size // model.config.num_attention_heads
+    w = CFG.sink + CFG.local
+    total = 0
+    for row, tokens in enumerate(rows_tokens):
+        for sparse in decisions[row].flatten().tolist():
+            total += (min(tokens, w) if sparse else tokens) * d * 2 * 4
+    return total
+
+
+@pytest.mark.parametrize("prompt", [40, 10])  # past sink + local from the start, and crossing it while decoding
+def test_batch_one_equals_recompute(prompt):
+    model = model_with_routers(seed=1)
+    ids, mask = padded_batch([prompt], prompt, seed=1)
+    got = decode_with_cache(model, ids, mask, MIXED)
+    assert_same_decode(got, decode_by_recompute(model, ids, mask, MIXED))
+    assert got[2].get_seq_length() == prompt + STEPS - 1
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3", "mistral"])
+def test_other_architectures_equal_recompute(model_type):
+    model = tiny_model(model_type, seed=15, max_position_embeddings=128)
+    attach(model, CFG)
+    ids, mask = padded_batch([40, 31], 40, side="left", seed=15)
+    got = decode_with_cache(model, ids, mask, PER_ROW, steps=8)
+    assert_same_decode(got, decode_by_recompute(model, ids, mask, PER_ROW, steps=8))
+
+
+def test_batch_two_with_different_decisions_per_row_equals_recompute():
+    model = model_with_routers(seed=2)
+    ids, mask = padded_batch([40, 40], 40, seed=2)
+    got = decode_with_cache(model, ids, mask, PER_ROW)
+    assert torch.equal(routing_stats(model).decisions, PER_ROW)
+    assert_same_decode(got, decode_by_recompute(model, ids, mask, PER_ROW))
+
+
+def test_left_padded_batch_equals_recompute_and_each_row_alone():
+    """The SSA sink is the first real tokens of each row: a padded row decodes as it does alone."""
+    model = model_with_routers(seed=3)
+    ids, mask = padded_batch([30, 12], 30, side="left", seed=3)
+    got = decode_with_cache(model, ids, mask, PER_ROW)
+    assert_same_decode(got, decode_by_recompute(model, ids, mask, PER_ROW))
+    for row, n in enumerate([30, 12]):
+        alone = decode_with_cache(model, ids[row:row + 1, -n:], mask[row:row + 1, -n:], PER_ROW[row])
+        assert torch.equal(alone[0][0], got[0][row])
+        assert (alone[1][0] - got[1][row]).abs().max().item() <= TOL
+
+
+def test_sparse_heads_matter_at_this_length():
+    """Without this the comparisons above could pass with SSA heads that attend to everything."""
+    model = model_with_routers(seed=1)
+    ids, mask = padded_batch([40], 40, seed=1)
+    sparse = decode_by_recompute(model, ids, mask, MIXED, steps=2)[1]
+    full = decode_by_recompute(model, ids, mask, torch.zeros_like(MIXED), steps=2)[1]
+    assert (sparse - full).abs().max().item() > 1e-2
+
+
+def test_continuation_chunk_equals_recompute():
+    """A call of several tokens after the prompt (chunked input): causal inside the chunk, SSA window per token."""
+    model = model_with_routers(seed=4)
+    ids, mask = padded_batch([40, 33], 40, side="left", seed=4)
+    chunk = torch.randint(1, 128, (2, 23), generator=torch.Generator().manual_seed(4))  # wraps the window
+    got = decode_with_cache(model, ids, mask, PER_ROW, steps=6, chunk=chunk)
+    assert_same_decode(got, decode_by_recompute(model, ids, mask, PER_ROW, steps=6, chunk=chunk))
+
+
+def test_model_generate_with_elastic_cache():
+    model = model_with_routers(seed=5)
+    ids, mask = padded_batch([36, 25], 36, side="left", seed=5)
+    cache = ElasticCache(model)
+    with torch.no_grad(), force_mode(model, PER_ROW):
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=STEPS, do_sample=False,
+                             **cache_kw(model, cache))
+    want, _ = decode_by_recompute(model, ids, mask, PER_ROW)
+    assert torch.equal(out[:, ids.shape[1]:], want)
+    assert cache.get_seq_length() == ids.shape[1] + STEPS - 1
+    assert cache.kv_bytes() < cache.full_kv_bytes()
+
+
+def test_xa_heads_keep_everything_and_decode_attends_to_all_of_it():
+    """XA is a prefill-only sparsity: with an ElasticCache, decode treats XA heads as full heads."""
+    cfg = ElasticConfig(retrieval_mode="xa", sparse_mode="ssa", sink=4, local=16, xa_block=8, xa_stride=4,
+                        xa_threshold=0.5)
+    model = model_with_routers(cfg, seed=6)
+    ids, mask = padded_batch([40], 40, seed=6)
+    got = decode_with_cache(model, ids, mask, MIXED)
+    cache = got[2]
+
+    # Reference: a plain cache whose decode steps run the prompt's XA heads as FA (the prefill stays XA).
+    with torch.no_grad(), force_mode(model, MIXED):
+        out = model(input_ids=ids, use_cache=True)
+    assert any(bool((s.modes == XA).any()) for s in model.elastic_runtime.layers)
+    for state in model.elastic_runtime.layers:
+        state.modes = torch.where(state.modes == XA, FA, state.modes)
+    plain = out.past_key_values if "past_key_values" in out else out["cache"]
+    logits, tokens = [out.logits[:, -1]], [out.logits[:, -1].argmax(-1)]
+    with torch.no_grad():
+        for _ in range(STEPS - 1):
+            out = model(input_ids=tokens[-1][:, None], use_cache=True, **cache_kw(model, plain))
+            logits.append(out.logits[:, -1])
+            tokens.append(out.logits[:, -1].argmax(-1))
+    assert_same_decode(got, (torch.stack(tokens, 1), torch.stack(logits, 1)))
+    total = 40 + STEPS - 1
+    assert cache.kv_bytes() == expected_bytes(model, [total], MIXED[None])
+
+
+@pytest.mark.parametrize("prompt", [40, 10])
+def test_kv_bytes_follow_the_formula(prompt):
+    model = model_with_routers(seed=7)
+    ids, mask = padded_batch([prompt, prompt], prompt, seed=7)
+    cache = ElasticCache(model)
+    with torch.no_grad(), force_mode(model, PER_ROW):
+        model(input_ids=ids, use_cache=True, **cache_kw(model, cache))
+        assert cache.kv_bytes() == expected_bytes(model, [prompt, prompt], PER_ROW)
+        for _ in range(STEPS):
+            model(input_ids=ids[:, :1], use_cache=True, **cache_kw(model, cache))
+        tokens = prompt + STEPS
+    assert cache.kv_bytes() == expected_bytes(model, [tokens, tokens], PER_ROW)
+    full = expected_bytes(model, [tokens, tokens], torch.zeros_like(PER_ROW))
+    assert cache.full_kv_bytes() == full
+    assert cache.kv_bytes() < full
+
+
+def test_all_full_heads_hold_what_a_plain_cache_holds():
+    model = model_with_routers(seed=8)
+    ids = torch.randint(1, 128, (1, 30), generator=torch.Generator().manual_seed(8))
+    with force_mode(model, "full"):
+        elastic = greedy_generate(model, ids, 8)
+        plain = greedy_generate(model, ids, 8, elastic_cache=False)
+    assert elastic.tokens == plain.tokens
+    assert elastic.kv_bytes == elastic.kv_bytes_full == plain.kv_bytes == plain.kv_bytes_full
+
+
+def test_greedy_generate_uses_the_elastic_cache():
+    model = model_with_routers(seed=9)
+    ids = torch.randint(1, 128, (1, 40), generator=torch.Generator().manual_seed(9))
+    with force_mode(model, MIXED):
+        elastic = greedy_generate(model, ids, STEPS)
+        plain = greedy_generate(model, ids, STEPS, elastic_cache=False)  # full KV under SSA masks
+    assert elastic.tokens == plain.tokens
+    tokens = 40 + STEPS - 1
+    assert elastic.kv_bytes == expected_bytes(model, [tokens], MIXED[None])
+    assert elastic.kv_bytes_full == plain.kv_bytes == expected_bytes(model, [tokens], torch.zeros(1, 2, 2))
+    detach(model)
+    unattached = greedy_generate(model, ids, 4)
+    assert unattached.kv_bytes == unattached.kv_bytes_full > 0
+
+
+# ---------------------------------------------------------------- bad input
+
+def prefilled(batch=2, prompt=20):
+    model = model_with_routers(seed=10)
+    ids, _ = padded_batch([prompt] * batch, prompt, seed=10)
+    cache = ElasticCache(model)
+    with torch.no_grad(), force_mode(model, MIXED):
+        model(input_ids=ids, use_cache=True, **cache_kw(model, cache))
+    return model, cache, ids
+
+
+def test_reuse_for_another_batch_size_names_the_fix():
+    model, cache, ids = prefilled(batch=2)
+    with pytest.raises(ValueError, match="finished prompt of batch 2.*create a new ElasticCache"):
+        with torch.no_grad():
+            model(input_ids=ids[:1], use_cache=True, **cache_kw(model, cache))
+
+
+def test_new_prompt_on_a_used_cache_names_the_fix():
+    model, cache, ids = prefilled(batch=2)
+    pos = torch.arange(ids.shape[1])[None].expand(2, -1)  # starts again at position 0: a new prompt
+    with pytest.raises(ValueError, match="finished prompt of batch 2.*create a new ElasticCache"):
+        with torch.no_grad():
+            model(input_ids=ids, position_ids=pos, use_cache=True, **cache_kw(model, cache))
+
+
+def test_second_generate_call_on_a_used_cache_names_the_fix():
+    model = model_with_routers(seed=13)
+    ids, mask = padded_batch([30, 20], 30, side="left", seed=13)
+    cache = ElasticCache(model)
+    kw = dict(max_new_tokens=3, do_sample=False, **cache_kw(model, cache))
+    with torch.no_grad():
+        model.generate(ids, attention_mask=mask, **kw)
+        longer, longer_mask = padded_batch([40, 37], 40, side="left", seed=14)  # would pass for a continuation
+        with pytest.raises(ValueError, match="finished prompt of batch 2.*new ElasticCache for every generate call"):
+            model.generate(longer, attention_mask=longer_mask, **kw)
+
+
+def test_prompt_longer_than_the_model_maximum():
+    model = model_with_routers(seed=11)
+    ids = torch.randint(1, 128, (1, 129))
+    with pytest.raises(ValueError, match="max_position_embeddings = 128"):
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=True, **cache_kw(model, ElasticCache(model)))
+    with pytest.raises(ValueError, match="max_position_embeddings = 128"):
+        greedy_generate(model, ids, 4)
+    with pytest.raises(ValueError, match="max_position_embeddings = 128.*fewer tokens"):
+        greedy_generate(model, ids[:, :126], 8)  # decoding runs past the maximum
+
+
+def test_cache_of_a_detached_model_names_the_fix():
+    model, cache, ids = prefilled(batch=1)
+    detach(model)
+    attach(model, CFG)
+    with pytest.raises(ValueError, match="create a new ElasticCache"):
+        with torch.no_grad():
+            model(input_ids=ids[:, :1], use_cache=True, **cache_kw(model, cache))
+
+
+def test_model_sliding_window_is_refused_once_reached():
+    model = attach(tiny_model("mistral", seed=16, sliding_window=48), CFG)
+    ids = torch.randint(1, 128, (1, 40), generator=torch.Generator().manual_seed(16))
+    with pytest.raises(ValueError, match="sliding window \\(48\\).*plain cache"):
+        greedy_generate(model, ids, 12)
+    assert len(greedy_generate(model, ids, 12, elastic_cache=False).tokens) == 12
+
+
+def test_cache_needs_routers():
+    with pytest.raises(ValueError, match="attach"):
+        ElasticCache(tiny_model("llama"))
+
+
+def test_training_mode_is_refused():
+    model = model_with_routers(seed=12)
+    model.train()
+    with pytest.raises(ValueError, match="model.eval"):
+        model(input_ids=torch.randint(1, 128, (1, 8)), use_cache=True, **cache_kw(model, ElasticCache(model)))
