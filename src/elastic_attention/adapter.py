@@ -10,7 +10,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import ElasticConfig
@@ -39,19 +41,60 @@ def write_config(model, path: Path) -> None:
 
 def read_config(model, path: Path, weights_name: str, kind: str, writer: str) -> ElasticConfig:
     """Read elastic_config.json of an adapter directory and check it was trained for `model`'s shape."""
+    config, saved = read_adapter_dir(path, weights_name, kind, writer)
+    check_signature(saved, model_signature(model), path, kind)
+    return config
+
+
+def read_adapter_dir(path, weights_name: str = WEIGHTS_NAME, kind: str = "router", writer: str = "save_router"):
+    """(ElasticConfig, saved base-model signature or None) of an adapter directory, without any model.
+
+    Every problem (missing files, a corrupt config or a truncated weights file) is a ValueError that
+    names the file, so a command can check its --router before loading the model."""
+    path = Path(path)
     if not (path / CONFIG_NAME).is_file() or not (path / weights_name).is_file():
         raise ValueError(f"{str(path)!r} is not a {kind} directory: it needs {CONFIG_NAME} and {weights_name} "
                          f"(written by {writer})")
-    meta = json.loads((path / CONFIG_NAME).read_text())
-    saved = meta.pop("base_model", None)
-    config = ElasticConfig.from_dict(meta)
-    ours = model_signature(model)
-    if saved is not None:
-        diff = [f"{k}: {kind} {saved.get(k)!r} vs model {ours[k]!r}" for k in ours if saved.get(k) != ours[k]]
-        if diff:
-            raise ValueError(f"the {kind} in {str(path)!r} was trained for another model ({'; '.join(diff)}); "
-                             f"load it onto the model it was trained for, or train a {kind} for this one")
+    config_file = path / CONFIG_NAME
+    try:
+        meta = json.loads(config_file.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
+        saved = meta.pop("base_model", None)
+        config = ElasticConfig.from_dict(meta)
+    except (ValueError, TypeError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{str(config_file)!r} is not a valid {kind} config ({err}); write it again with "
+                         f"{writer}") from None
+    _check_weights_file(path / weights_name, kind, writer)
+    return config, saved
+
+
+def _check_weights_file(file: Path, kind: str, writer: str) -> None:
+    """Open the safetensors header: a truncated or corrupt file fails here with its name, not in torch."""
+    try:
+        with safe_open(str(file), framework="pt"):
+            pass
+    except Exception as err:  # safetensors raises its own error type (and OSError) on a bad file
+        raise ValueError(f"{str(file)!r} is not a readable safetensors file ({err}); it may be truncated or "
+                         f"corrupt: write it again with {writer}") from None
+
+
+def check_router_dir(path, model_config) -> ElasticConfig:
+    """Before a model loads: the router directory at `path` is readable and was trained for a model with
+    this transformers config (model_signature reads nothing but `.config`)."""
+    config, saved = read_adapter_dir(path)
+    check_signature(saved, model_signature(SimpleNamespace(config=model_config)), path)
     return config
+
+
+def check_signature(saved: dict | None, ours: dict, path, kind: str = "router") -> None:
+    """Refuse an adapter saved for a model of another shape, naming every field that differs."""
+    if saved is None:
+        return
+    diff = [f"{k}: {kind} {saved.get(k)!r} vs model {ours[k]!r}" for k in ours if saved.get(k) != ours[k]]
+    if diff:
+        raise ValueError(f"the {kind} in {str(path)!r} was trained for another model ({'; '.join(diff)}); "
+                         f"load it onto the model it was trained for, or train a {kind} for this one")
 
 
 def shipped_routers() -> dict[str, Path]:
@@ -80,10 +123,14 @@ def load_router(model, path=None):
     path None or "default": the shipped router trained for this model (the default model has one)."""
     path = default_router_path(model) if path is None or str(path) == "default" else Path(path)
     config = read_config(model, path, WEIGHTS_NAME, "router", "save_router")
+    try:
+        state = {k.removeprefix("layers."): v for k, v in load_file(path / WEIGHTS_NAME).items()}
+    except Exception as err:  # damage past the header that read_config checked
+        raise ValueError(f"{str(path / WEIGHTS_NAME)!r} cannot be read ({err}); it may be truncated or "
+                         "corrupt: write it again with save_router") from None
     if getattr(model, "elastic_runtime", None) is not None:
         detach(model)
     attach(model, config)
-    state = {k.removeprefix("layers."): v for k, v in load_file(path / WEIGHTS_NAME).items()}
     try:
         routers(model).load_state_dict(state, strict=True)
     except RuntimeError as err:

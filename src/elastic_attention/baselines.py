@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import torch
 from tqdm.auto import tqdm
 
@@ -12,13 +16,62 @@ from .integrations.hf import attach, detach, runtime_of
 
 @torch.no_grad()
 def retrieval_scores(model, tokenizer, samples: int = 12, length: int = 2048, seed: int = 1234,
-                     progress: bool = True) -> torch.Tensor:
+                     progress: bool = True, cache: bool = False) -> torch.Tensor:
     """Retrieval-head score of every KV head, [layers, kv_heads] (Wu et al. 2024, method.md section 7).
 
     For each passkey prompt, the attention mass the last token puts on the needle's tokens under
     full attention, averaged over the query heads of a KV group and over the prompts. The model is
     attached for the measurement if it has no routers.
+
+    cache=True reads the scores from `scores_cache_path` when a run with the same weights, prompts and
+    dtype wrote them, and writes them there otherwise (the CLI and eval do: scoring takes 20-70 s on a CPU).
     """
+    path = scores_cache_path(model, tokenizer, samples, length, seed) if cache else None
+    if path is not None and path.is_file():
+        try:
+            scores = torch.tensor(json.loads(path.read_text())["scores"], dtype=torch.float32)
+            if tuple(scores.shape) == _head_shape(model):
+                return scores
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # an unreadable cache file is recomputed and overwritten
+    scores = _measure(model, tokenizer, samples, length, seed, progress)
+    if path is not None:
+        from .adapter import _atomic_write
+
+        text = json.dumps({"samples": samples, "length": length, "seed": seed, "scores": scores.tolist()})
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(path, lambda f: Path(f).write_text(text + "\n"))
+        except OSError:
+            pass  # a read-only cache never fails the run
+    return scores
+
+
+def scores_cache_path(model, tokenizer, samples: int = 12, length: int = 2048, seed: int = 1234) -> Path:
+    """Where retrieval_scores(..., cache=True) keeps its scores: under the model cache directory, named by
+    a hash of the model's weights (a strided sample of every backbone tensor), dtype and device type, and
+    of the scoring prompts' tokens (so the tokenizer, samples, length and seed count too)."""
+    from .models import cache_root
+
+    digest = hashlib.sha256(b"retrieval-scores v1")
+    for name, p in model.named_parameters():
+        if "elastic_router" in name:
+            continue
+        flat = p.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 256)][:256].float().cpu()
+        digest.update(f"{name}|{list(p.shape)}|{p.dtype}|{p.device.type}".encode())
+        digest.update(sample.numpy().tobytes())
+    for s in passkey_samples(tokenizer, length, samples, seed):
+        digest.update(json.dumps([s.input_ids, s.needle_span]).encode())
+    return cache_root() / "retrieval-scores" / f"{model.config.model_type}-{digest.hexdigest()[:20]}.json"
+
+
+def _head_shape(model) -> tuple[int, int]:
+    cfg = model.config
+    return cfg.num_hidden_layers, cfg.num_key_value_heads
+
+
+def _measure(model, tokenizer, samples, length, seed, progress) -> torch.Tensor:
     attached_here = getattr(model, "elastic_runtime", None) is None
     if attached_here:
         attach(model)

@@ -94,6 +94,27 @@ def _write_cache(model, tokenizer, target: Path) -> None:
         raise
 
 
+def load_model_config(name_or_path: str = "default"):
+    """The transformers config of what `load_model` would load, without its weights: commands check
+    lengths and routers against it before the model loads."""
+    from transformers import AutoConfig
+
+    path = Path(name_or_path).expanduser()
+    if name_or_path == "default" or path.suffix == ".gguf":
+        gguf = default_gguf_path(None if name_or_path == "default" else path)
+        cached = _cache_dir_for(gguf)
+        if (cached / "complete").is_file():
+            return AutoConfig.from_pretrained(cached)
+        return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)  # reads the header (a few s)
+    if not path.is_dir():
+        raise ValueError(f"model {name_or_path!r} is neither 'default', a .gguf file nor a model directory")
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"model directory {name_or_path!r} has no readable config.json ({first_line})") from None
+
+
 def load_model(name_or_path: str = "default", *, device="cpu", dtype=torch.float32):
     """'default', a .gguf file, or a transformers model directory -> (model, tokenizer)."""
     if name_or_path == "default":

@@ -8,9 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("bfloat16", "float16", "float32")  # torch dtype names; torch itself loads when a command runs
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -25,14 +23,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--methods", default="full,sparse,static:0.7",
                    help="comma list of full, sparse, static:MSR, static:elastic (the static hybrid at the elastic "
                         "method's mean MSR), gate:PATH, elastic (default %(default)s)")
-    p.add_argument("--tasks", default="niah_single_1,niah_single_2,niah_multikey_1,vt",
-                   help="comma list of RULER tasks (niah_single_1..3, niah_multikey_1..3, niah_multivalue, "
-                        "niah_multiquery, vt, cwe, fwe), make-data tasks (passkey, multikey_needle, kv_retrieval, "
-                        "variable_tracking, multidoc_qa, prose_continuation, code_continuation, fewshot_pattern, "
-                        "topic_ending; drawn apart from any training seed) and LongBench tasks (e.g. hotpotqa, "
-                        "hotpotqa_e, longbench_v2; need --data-dir)")
-    p.add_argument("--lengths", default="2048,4096", help="prompt lengths in tokens (RULER) or truncation "
-                                                          "budgets (LongBench), e.g. 2048,4096 or 2k,4k")
+    p.add_argument("--tasks", nargs="+", default="niah_single_1,niah_single_2,niah_multikey_1,vt",
+                   help="RULER tasks (niah_single_1..3, niah_multikey_1..3, niah_multivalue, niah_multiquery, vt, "
+                        "cwe, fwe), make-data tasks (passkey, multikey_needle, kv_retrieval, variable_tracking, "
+                        "multidoc_qa, prose_continuation, code_continuation, fewshot_pattern, topic_ending; drawn "
+                        "apart from any training seed) and LongBench tasks (e.g. hotpotqa, hotpotqa_e, longbench_v2; "
+                        "need --data-dir), comma or space separated")
+    p.add_argument("--lengths", nargs="+", default="2048,4096",
+                   help="prompt lengths in tokens (RULER) or truncation budgets (LongBench), e.g. 2048,4096 or "
+                        "2048 4096 or 2k,4k (default %(default)s)")
     p.add_argument("--samples", type=int, default=5, help="samples per task and length (default %(default)s)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--data-dir", default=None, help="directory with the LongBench / LongBench-v2 files")
@@ -48,8 +47,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--score-samples", type=int, default=12, help="passkey prompts for the retrieval scores "
                                                                  "of static:MSR")
     p.add_argument("--score-length", type=int, default=None, help="their length (default min(2048, lengths))")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -82,15 +81,20 @@ def evaluate(model="default", tokenizer=None, *, router=None, methods="full,spar
 
     model: a name or path for `load_model`, or a model object (then give `tokenizer`).
     Returns (EvalResults, {kind: path}) -- paths empty when out is None."""
+    import torch
+
+    from ..adapter import check_router_dir
+    from ..checks import check_lengths_fit, check_out_dir, resolve_device
     from ..control import check_sparsity_bias, sparsity_bias as sparsity_bias_of
-    from ..models import load_model
+    from ..models import load_model, load_model_config
     from .report import write_report
     from .runner import parse_lengths, parse_methods, parse_tasks, prepare_model, run_eval
 
-    parsed = parse_methods(methods)  # fail on bad input before loading anything
+    # Every check that needs no weights runs first: bad input fails in a second, not after a model load.
+    parsed = parse_methods(methods)
     check_sparsity_bias(sparsity_bias)
     parse_tasks(tasks)
-    parse_lengths(lengths)
+    parsed_lengths = parse_lengths(lengths)
     if any(m.kind == "elastic" for m in parsed) and router is None and (
             isinstance(model, str) or getattr(model, "elastic_runtime", None) is None):
         raise ValueError("method 'elastic' needs a trained router: give --router PATH")
@@ -101,12 +105,19 @@ def evaluate(model="default", tokenizer=None, *, router=None, methods="full,spar
             raise ValueError(f"method {m.name!r}: gate directory {m.arg!r} does not exist")
     if data_dir is not None and not Path(data_dir).is_dir():
         raise ValueError(f"data directory {str(data_dir)!r} does not exist")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPES)}")
+    device = resolve_device(device)
+    model_config = load_model_config(str(model)) if isinstance(model, (str, Path)) else model.config
+    check_lengths_fit(parsed_lengths, model_config)
+    if router is not None and str(router) != "default":  # a router for another model: say so before loading
+        check_router_dir(router, model_config)
+    if out is not None:  # last: it creates the directory
+        check_out_dir(out)
     if threads:
         torch.set_num_threads(threads)
     if isinstance(model, (str, Path)):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
-        model, tokenizer = load_model(str(model), device=device, dtype=DTYPES[dtype])
+        model, tokenizer = load_model(str(model), device=device, dtype=getattr(torch, dtype))
     elif tokenizer is None:
         raise ValueError("give the tokenizer along with a model object")
     prepare_model(model, router=router, sink=sink, local=local, sparse_mode=sparse_mode,

@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import baselines
+from ..checks import parse_lengths, split_list  # noqa: F401 (parse_lengths: this module's name for it)
 from ..config import ElasticConfig
 from ..control import force_mode
 from ..gate import load_static_gate
@@ -77,7 +78,8 @@ def parse_methods(spec) -> list[Method]:
 
 
 def parse_tasks(spec) -> list[str]:
-    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    """'a,b', 'a b' or ['a', 'b,c'] -> task names, each checked."""
+    items = split_list(spec)
     if not items:
         raise ValueError("no tasks given")
     for task in items:
@@ -94,22 +96,6 @@ def task_category(task: str) -> str | None:
     if task in mix.TASKS:
         return mix.category(task)
     return "sensitive" if task in ruler.TASKS else None
-
-
-def parse_lengths(spec) -> list[int]:
-    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
-    out = []
-    for item in items:
-        try:
-            value = int(str(item).lower().removesuffix("k")) * (1024 if str(item).lower().endswith("k") else 1)
-        except ValueError:
-            raise ValueError(f"length {item!r} is not a number of tokens (e.g. 2048 or 4k)") from None
-        if value < 1:
-            raise ValueError(f"length {item!r} must be positive")
-        out.append(value)
-    if not out:
-        raise ValueError("no lengths given")
-    return out
 
 
 def build_samples(tokenizer, task: str, length: int, n: int, seed: int = 0, data_dir=None) -> list[EvalSample]:
@@ -148,7 +134,7 @@ def method_modes(model, tokenizer, methods: list[Method], score_samples: int = 1
     scores = None
     if any(m.kind == "static" for m in methods):  # static:MSR and static:elastic rank heads by these
         scores = baselines.retrieval_scores(model, tokenizer, samples=score_samples, length=score_length,
-                                            progress=progress)
+                                            progress=progress, cache=True)
     modes = {}
     for m in methods:
         if m.kind in ("full", "sparse"):

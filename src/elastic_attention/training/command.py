@@ -6,14 +6,13 @@ import dataclasses
 import os
 import sys
 
+from ..checks import check_lengths_fit, check_out_dir, check_out_file, parse_lengths, resolve_device, split_list
 from .data import DEFAULT_TARGETS, parse_target
-from .objective import LAMBDA_SCHEDULES, PENALTIES
+from .options import LAMBDA_SCHEDULES, PENALTIES, TrainConfig
 
 
 def _default(name: str):
-    from .trainer import TrainConfig
     return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
-
 
 
 def add_parsers(subparsers) -> None:
@@ -62,19 +61,23 @@ def add_parsers(subparsers) -> None:
     m = subparsers.add_parser("make-data", help="write an offline training mix for the default model",
                               description="Synthetic sensitive (retrieval) and robust (local) tasks built from the "
                                           "Python standard library's text; seeds offset by 10**6 from evaluation's.")
-    m.add_argument("--lengths", type=int, nargs="+", required=True, help="prompt lengths in tokens")
+    m.add_argument("--lengths", nargs="+", required=True,
+                   help="prompt lengths in tokens, e.g. 1024 2048 4096 or 1024,2048,4k")
     m.add_argument("--per-task", type=int, required=True, help="samples per task and length")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", required=True, help="JSONL file to write")
     m.add_argument("--model", default="default", help="model whose tokenizer measures lengths")
-    m.add_argument("--tasks", nargs="+", default=None, help="subset of the tasks (default all)")
+    m.add_argument("--tasks", nargs="+", default=None, help="subset of the tasks, space or comma separated "
+                                                            "(default all)")
     m.set_defaults(func=run_make_data)
 
 
 def run_train(args) -> int:
-    from .trainer import TrainConfig, train
+    from .trainer import train
 
     try:
+        if args.device is not None:
+            resolve_device(args.device)
         targets = dict(parse_target(t) for t in args.target)
         cfg = TrainConfig(data=args.data, out=args.out, model=args.model, steps=args.steps, max_len=args.max_len,
                           batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
@@ -85,9 +88,10 @@ def run_train(args) -> int:
                           checkpointing=args.checkpointing, cudnn_sdpa=args.cudnn_sdpa,
                           elastic_config=args.elastic_config,
                           device=args.device, progress=not args.no_progress)
+        check_out_dir(args.out)
         summary = train(cfg)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"elastic-attn train: error: {err}", file=sys.stderr)
         return 2
     if summary.get("final") and os.environ.get("RANK", "0") == "0":
         print("final MSR: " + ", ".join(f"{k} {v['msr']:.3f} (target {v['target']})"
@@ -96,16 +100,23 @@ def run_train(args) -> int:
 
 
 def run_make_data(args) -> int:
-    from ..models import load_model
-    from .make_data import make_records, write_records
+    from ..models import load_model, load_model_config
+    from .make_data import TASKS, make_records, write_records
 
     try:
+        # Every check that needs no model first: a mistake costs a second, not a model load.
+        lengths = parse_lengths(args.lengths)
+        tasks = split_list(args.tasks) if args.tasks is not None else None
+        unknown = sorted(set(tasks or []) - set(TASKS))
+        if unknown:
+            raise ValueError(f"--tasks: unknown task(s) {unknown}; known tasks: {', '.join(TASKS)}")
+        check_lengths_fit(lengths, load_model_config(args.model))
+        check_out_file(args.out)
         _, tokenizer = load_model(args.model)
-        records = make_records(tokenizer, args.lengths, args.per_task, args.seed, args.tasks)
+        records = make_records(tokenizer, lengths, args.per_task, args.seed, tasks)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"elastic-attn make-data: error: {err}", file=sys.stderr)
         return 2
     path = write_records(records, args.out)
     print(f"wrote {len(records)} records to {path}")
     return 0
-

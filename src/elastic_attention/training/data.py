@@ -13,8 +13,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 CATEGORIES = ("robust", "sensitive")
 DEFAULT_TARGETS = {"robust": 1.0, "sensitive": 0.7}
 FIELDS = ("task", "category", "prompt", "answer")
@@ -198,6 +196,8 @@ class Batcher:
 
 def collate(samples: list[Sample], pad_id: int, device) -> dict:
     """Right-padded tensors of one micro-batch. attention_mask is None when no row is padded."""
+    import torch  # here, not at the top: the train command's options import this module (fast --help)
+
     longest = max(len(s.ids) for s in samples)
     ids = torch.full((len(samples), longest), pad_id, dtype=torch.long)
     real = torch.zeros(len(samples), longest, dtype=torch.bool)

@@ -15,9 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-PENALTIES = ("signed", "abs")
-LAMBDA_SCHEDULES = ("cosine", "constant")  # the multipliers' lr: the routers' warmup + cosine decay, or flat
+from .options import LAMBDA_SCHEDULES, PENALTIES  # noqa: F401 (re-exported, defined apart from torch)
 
 
 class Lagrangian(nn.Module):
