@@ -18,10 +18,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .attention.masks import SSA, causal_allowed
 from .integrations.hf import attention_modules, runtime_of
+
+# Full heads gain one key per decode step. cuDNN's SDPA, torch's first choice on Hopper, builds a plan
+# for every new shape: about 45 ms per step on an H200 (torch 2.11) against 0.05 ms for flash.
+DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class ElasticCache(Cache):
@@ -232,11 +237,12 @@ class CompactKV:
         b, hq, sq, d = query.shape
         grouped = query.view(b, self.kv_heads, hq // self.kv_heads, sq, d)
         out = torch.empty_like(grouped)
-        if len(self.fa_rows):
-            out[self.fa_rows, self.fa_heads] = self._full(grouped[self.fa_rows, self.fa_heads], key, value, scale)
-        if len(self.ssa_rows):
-            out[self.ssa_rows, self.ssa_heads] = self._streaming(grouped[self.ssa_rows, self.ssa_heads], key, value,
-                                                                 scale)
+        with sdpa_kernel(DECODE_BACKENDS):
+            if len(self.fa_rows):
+                out[self.fa_rows, self.fa_heads] = self._full(grouped[self.fa_rows, self.fa_heads], key, value, scale)
+            if len(self.ssa_rows):
+                out[self.ssa_rows, self.ssa_heads] = self._streaming(grouped[self.ssa_rows, self.ssa_heads], key,
+                                                                     value, scale)
         self.count = self.count + sq
         self.min_count, self.max_count = self.min_count + sq, self.max_count + sq
         return out.view(b, hq, sq, d)
