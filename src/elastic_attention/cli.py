@@ -9,6 +9,7 @@ import sys
 
 # torch and transformers load inside the command functions, never here: `elastic-attn --help` stays fast.
 from .checks import context_length, read_text_file, resolve_device
+from .demo import add_parser as add_demo_parser
 from .eval.command import add_parser as add_eval_parser
 from .training.command import add_parsers as add_training_parsers
 
@@ -278,6 +279,7 @@ def cmd_generate(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="elastic-attn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    add_demo_parser(sub)  # the main job: first in --help
 
     p = sub.add_parser("info", help="model shape, router size and config",
                        description="Show the model's layers and KV heads, the router's size and the config.")
