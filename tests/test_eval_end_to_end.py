@@ -91,9 +91,9 @@ def test_batched_decoding_matches_one_by_one():
     model, tok = tiny_llama(seed=1), tiny_tokenizer()
     attach(model, ElasticConfig(sink=4, local=16))
     prompts = [tok("The sky is blue. " * 8)["input_ids"][:48], tok("The grass is green. " * 8)["input_ids"][:48]]
-    texts, counts, _, _, stats = greedy_batch(model, tok, prompts, 6, eos_ids=set())
+    texts, counts, _, _, stats, _ = greedy_batch(model, tok, prompts, 6, eos_ids=set())
     for row, prompt in enumerate(prompts):
-        one, n, _, _, st = greedy_batch(model, tok, [prompt], 6, eos_ids=set())
+        one, n, _, _, st, _ = greedy_batch(model, tok, [prompt], 6, eos_ids=set())
         assert one[0] == texts[row] and n[0] == counts[row] == 6
         assert torch.equal(st.decisions[0], stats.decisions[row])
     with pytest.raises(ValueError, match="one length"):

@@ -85,9 +85,10 @@ def _category(results, task) -> str:
 
 
 def demo_table(results) -> str:
-    """One row per task, length and method: category, score, MSR, ESR (all layers) and prefill time."""
-    lines = ["| task | category | length | method | n | score | MSR | ESR | prefill s |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    """One row per task, length and method: category, score, MSR, ESR (all layers), prefill time and the KV
+    cache held after the prompt as a share of a plain cache's."""
+    lines = ["| task | category | length | method | n | score | MSR | ESR | prefill s | KV cache |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for task in results.tasks:
         for length in results.lengths:
             for m in results.methods:
@@ -96,7 +97,8 @@ def demo_table(results) -> str:
                 if c is None:
                     continue
                 lines.append(f"| {task} | {_category(results, task)} | {length} | {m} | {c['n']} | {c['score']:.1f} "
-                             f"| {c['msr']:.2f} | {c['esr_all_layers']:.2f} | {c['prefill_s']:.2f} |")
+                             f"| {c['msr']:.2f} | {c['esr_all_layers']:.2f} | {c['prefill_s']:.2f} "
+                             f"| {100 * c['kv_ratio']:.0f} % |")
     return "\n".join(lines)
 
 
@@ -133,6 +135,9 @@ def verdict(results) -> str:
     if full_t == full_t and elastic_t == elastic_t and full_t > 0:
         lines.append(f"prefill: elastic {elastic_t:.2f} s a prompt against full attention's {full_t:.2f} s "
                      f"({elastic_t / full_t:.2f}x).")
+    kv = [r["kv_ratio"] for r in results.records if r["method"] == "elastic" and "kv_ratio" in r]
+    if kv:
+        lines.append(f"KV cache after the prompt: elastic holds {100 * sum(kv) / len(kv):.0f} % of a full cache.")
     return "\n".join(lines) if lines else "no finished cell to judge"
 
 

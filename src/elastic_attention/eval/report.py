@@ -10,7 +10,7 @@ from pathlib import Path
 from .runner import EvalResults
 
 CSV_FIELDS = ["task", "length", "method", "n", "score", "msr", "esr", "esr_all_layers", "prefill_s", "decode_s",
-              "prompt_tokens"]
+              "kv_ratio", "prompt_tokens"]
 
 
 def _fmt(value, digits=2) -> str:

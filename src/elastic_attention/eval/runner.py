@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .. import baselines
 from ..checks import parse_lengths, split_list  # noqa: F401 (parse_lengths: this module's name for it)
+from ..cache import ElasticCache
 from ..config import ElasticConfig
 from ..control import force_mode
 from ..gate import load_static_gate
@@ -163,7 +164,10 @@ def _eos_ids(model, tokenizer) -> set[int]:
 @torch.no_grad()
 def greedy_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, stop_at_newline: bool = False,
                  eos_ids: set[int] | None = None):
-    """Greedy decoding of equally long prompts. Returns (texts, token counts, prefill_s, decode_s, stats).
+    """Greedy decoding of equally long prompts from an ElasticCache.
+
+    Returns (texts, token counts, prefill_s, decode_s, stats, (kv bytes held, kv bytes of a plain cache))
+    with the cache as it was after the prompt.
 
     A row stops at an end-of-sequence token (dropped) or, with stop_at_newline, once its text has a
     line break after a letter or digit (so "Answer:\n1234" still reaches the number)."""
@@ -175,14 +179,17 @@ def greedy_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int
     ids = torch.tensor(prompts, device=device)
     # Only the last position's logits are needed: skipping the others saves the LM head's work at prefill.
     keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    # Decode from the compact cache: SSA heads keep only their sink and window (cache.py).
+    cache = ElasticCache(model)
     sync()
     start = time.perf_counter()
-    out = model(input_ids=ids, use_cache=True, **keep)
+    out = model(input_ids=ids, use_cache=True, **keep, **{cache_arg: cache})
     nxt = out.logits[:, -1].argmax(-1)
     sync()
     prefill = time.perf_counter() - start
     stats = routing_stats(model)
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    kv = (cache.kv_bytes(), cache.full_kv_bytes())
     b = len(prompts)
     tokens: list[list[int]] = [[] for _ in range(b)]
     done = [False] * b
@@ -199,12 +206,12 @@ def greedy_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int
                 done[r] = True
         if all(done) or step == max_new_tokens - 1:
             break
-        out = model(input_ids=nxt[:, None], use_cache=True, **{cache_arg: out.past_key_values})
+        out = model(input_ids=nxt[:, None], use_cache=True, **{cache_arg: cache})
         nxt = out.logits[:, -1].argmax(-1)
     sync()
     decode = time.perf_counter() - start
     texts = [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
-    return texts, [len(t) for t in tokens], prefill, decode, stats
+    return texts, [len(t) for t in tokens], prefill, decode, stats, kv
 
 
 def _line_done(text: str) -> bool:
@@ -270,6 +277,7 @@ def summarise(records: list[dict]) -> list[dict]:
                 "esr_all_layers": _mean([r["esr_all_layers"] for r in rows]),
                 "prefill_s": _mean([r["prefill_s"] for r in rows]),
                 "decode_s": _mean([r["decode_s"] for r in rows]),
+                "kv_ratio": _mean([r.get("kv_ratio") for r in rows]),  # absent in results written before it
                 "prompt_tokens": _mean([r["prompt_tokens"] for r in rows])}
         buckets = {}
         for r in rows:
@@ -361,15 +369,15 @@ def _batches(cell: list[EvalSample], batch_size: int):
 def _run_batch(model, tokenizer, batch, task, length, method, cap) -> list[dict]:
     max_new = min(batch[0].max_new_tokens, cap) if cap else batch[0].max_new_tokens
     stop = batch[0].stop_at_newline
-    texts, counts, prefill, decode, stats = greedy_batch(model, tokenizer, [s.input_ids for s in batch], max_new,
-                                                         stop)
+    texts, counts, prefill, decode, stats, (kv, kv_full) = greedy_batch(
+        model, tokenizer, [s.input_ids for s in batch], max_new, stop)
     out = []
     for row, (s, text) in enumerate(zip(batch, texts)):
         out.append({"task": task, "length": length, "method": method, "index": s.info.get("index", row),
                     "prompt_tokens": s.length, "prediction": text, "answers": s.answers,
                     "score": float(s.scorer(text)), "msr": float(stats.msr[row]), "esr": float(stats.esr[row]),
                     "esr_all_layers": float(stats.esr_all_layers[row]), "prefill_s": prefill / len(batch),
-                    "decode_s": decode / len(batch), "new_tokens": counts[row],
+                    "decode_s": decode / len(batch), "new_tokens": counts[row], "kv_ratio": kv / kv_full,
                     "full_heads": (~stats.decisions[row]).int().tolist(),
                     "info": {k: v for k, v in s.info.items() if k not in ("index",)}})
     return out
