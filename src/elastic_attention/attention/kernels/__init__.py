@@ -150,7 +150,9 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
         # Zero rows appended after the prompt change nothing a real query sees (keys > q are never
         # kept; the block tables bound keys by `end`); the extra query rows are cut off.
         sb = bucket_length(s) if (on_cuda if bucket is None else bucket) else s
-        qf, kf, vf = (F.pad(t, (0, 0, 0, sb - s)) if sb > s else t for t in (q, k, v))
+        # Contiguous either way: a length that is exactly a bucket would otherwise reach the kernel in the
+        # model's strided layout, a second compiled variant of the same shape.
+        qf, kf, vf = (F.pad(t, (0, 0, 0, sb - s)) if sb > s else t.contiguous() for t in (q, k, v))
         if padded or has_xa:  # the mask depends on the data: built for this call
             if xa_keep is not None and sb > s:
                 nb = -(-sb // config.xa_block)

@@ -16,6 +16,7 @@ from ..masks import SSA, XA
 from .blocks import block_lists
 
 FLEX_BLOCK = 128
+FLEX_COMPILE_LIMIT = 256  # dynamo's per-function cap on compiled variants, raised to this
 
 
 def make_mask_mod(modes_q, start, end, sink: int, local: int, xa_keep=None, xa_block: int = 64,
@@ -79,7 +80,12 @@ def compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
     import torch._dynamo
 
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    # One compiled variant per (bucket, mask rule, batch size): 36 buckets up to 128K times a few rules
+    # (docs/benchmarks.md, "Compilations") must stay under dynamo's cap, past which calls run uncompiled.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, FLEX_COMPILE_LIMIT)
+    if hasattr(torch._dynamo.config, "accumulated_cache_size_limit"):
+        torch._dynamo.config.accumulated_cache_size_limit = max(
+            torch._dynamo.config.accumulated_cache_size_limit, 2 * FLEX_COMPILE_LIMIT)
     return torch.compile(flex_attention, dynamic=False)
 
 
