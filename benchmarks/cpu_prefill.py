@@ -1,10 +1,10 @@
 """CPU prefill of the default model: full, all-sparse and static hybrids against the unattached model.
 
-    python benchmarks/cpu_prefill.py [--length 4096] [--reps 3] [--threads 1]
+    python benchmarks/cpu_prefill.py [--length 4096] [--reps 3] [--threads 1] [--sink 64] [--local 256]
                                      [--out benchmarks/results/cpu_prefill.json]
 
 One prefill (use_cache=False, logits of the last token only) of a passkey prompt, fp32, SSA sink 64 /
-local 256; median of --reps runs after a short warm-up, the rows taking turns. Static rows spread
+local 256 unless --sink / --local say otherwise; median of --reps runs after a short warm-up, the rows taking turns. Static rows spread
 their sparse KV heads evenly over the layers, so most layers mix full and sparse heads. Each static
 row is compared with the bound (1 - m) * full + m * all-sparse (linear in the share m of sparse
 heads); targets: all-sparse at most 0.75x full, static rows at most 5 % over their bound. Use
@@ -49,6 +49,8 @@ def main():
     ap.add_argument("--length", type=int, default=4096)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sink", type=int, default=64)
+    ap.add_argument("--local", type=int, default=256, help="SSA window (the shipped router's is 512)")
     ap.add_argument("--out", default="benchmarks/results/cpu_prefill.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,7 +59,7 @@ def main():
     model, tok = load_model("default")
     ids = torch.tensor([passkey_sample(tok, args.length, 0.5, "12345").input_ids])
     plain = copy.deepcopy(model)
-    ea.attach(model, ea.ElasticConfig(sink=64, local=256))
+    ea.attach(model, ea.ElasticConfig(sink=args.sink, local=args.local))
     rt = ea.integrations.hf.runtime_of(model)
     runs = {"unattached (plain SDPA)": None, "full": "full", "all-sparse": "sparse",
             "static MSR 0.5": spread_mask(rt.num_layers, rt.kv_heads, 0.5),
