@@ -17,7 +17,7 @@ import torch
 
 import elastic_attention as ea
 from elastic_attention.baselines import retrieval_scores, static_mask
-from elastic_attention.eval.passkey import passkey_found, passkey_sample
+from elastic_attention.passkey import passkey_found, passkey_sample
 from elastic_attention.generation import greedy_generate
 from elastic_attention.models import load_default_model
 

@@ -24,7 +24,7 @@ from datetime import date
 import torch
 
 import elastic_attention as ea
-from elastic_attention.eval.passkey import passkey_sample
+from elastic_attention.passkey import passkey_sample
 from elastic_attention.models import load_model
 
 SPARSE_TARGET = 0.75  # all-sparse / full

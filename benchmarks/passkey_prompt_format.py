@@ -1,4 +1,4 @@
-"""Why eval.passkey puts one newline before the question: full-attention passkey accuracy of the
+"""Why elastic_attention.passkey puts one newline before the question: full-attention passkey accuracy of the
 default model at 2K tokens with one and with two newlines there (same keys, needle depths and seeds).
 
     python benchmarks/passkey_prompt_format.py [--length 2048] [--seeds 0 1] [--n 6]
@@ -12,7 +12,7 @@ from datetime import date
 
 import torch
 
-import elastic_attention.eval.passkey as passkey
+import elastic_attention.passkey as passkey
 from elastic_attention.generation import greedy_generate
 from elastic_attention.models import load_default_model
 

@@ -13,7 +13,7 @@ from collections import defaultdict
 import torch
 
 import elastic_attention as ea
-from elastic_attention.eval.passkey import passkey_found, passkey_samples
+from elastic_attention.passkey import passkey_found, passkey_samples
 from elastic_attention.generation import greedy_generate
 from elastic_attention.models import load_model
 from elastic_attention.training.data import load_records

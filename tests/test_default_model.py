@@ -7,7 +7,7 @@ import torch
 
 import elastic_attention as ea
 from elastic_attention import cli
-from elastic_attention.eval.passkey import passkey_found, passkey_samples
+from elastic_attention.passkey import passkey_found, passkey_samples
 from elastic_attention.generation import greedy_generate
 from elastic_attention.models import default_gguf_path, load_default_model
 

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .control import force_mode
-from .eval.passkey import passkey_samples
+from .passkey import passkey_samples
 from .integrations.hf import attach, detach, runtime_of
 
 

@@ -204,7 +204,7 @@ def cmd_generate(args) -> int:
 
     from .baselines import static_mask
     from .control import check_sparsity_bias, force_mode, sparsity_bias
-    from .eval.passkey import passkey_found, passkey_sample
+    from .passkey import passkey_found, passkey_sample
     from .generation import greedy_generate
     from .integrations.hf import runtime_of
     from .metrics import routing_stats

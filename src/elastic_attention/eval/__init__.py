@@ -1,6 +1,7 @@
-"""Evaluation: task generators (RULER, LongBench, passkey), metrics, the runner and its report.
+"""Evaluation: task generators (RULER, LongBench, make-data mix), scoring, the runner and its report.
 
-Heavy pieces load on first use (the runner imports the baselines, which import `eval.passkey`).
+Heavy pieces load on first use. Passkey prompts live in `elastic_attention.passkey` (the retrieval
+scores of the static baselines use them too).
 """
 
 _LAZY = {"evaluate": "command", "run_eval": "runner", "prepare_model": "runner", "EvalResults": "runner",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import metrics as M
+from . import scoring as M
 from .sample import EvalSample, bos_ids, token_ids
 
 # hotpotqa, 2wikimqa and musique share one published template.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 from ..training.make_data import TASKS, Counter
-from . import metrics as M
+from . import scoring as M
 from .sample import EvalSample, token_ids
 
 

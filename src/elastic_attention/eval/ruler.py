@@ -30,7 +30,7 @@ import uuid
 from functools import lru_cache
 from pathlib import Path
 
-from .metrics import string_match_all
+from .scoring import string_match_all
 from .sample import EvalSample, bos_ids, token_ids
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."

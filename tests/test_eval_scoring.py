@@ -2,7 +2,7 @@
 
 import pytest
 
-from elastic_attention.eval import metrics as M
+from elastic_attention.eval import scoring as M
 
 
 def test_qa_f1_normalisation_and_overlap():
