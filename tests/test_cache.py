@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from elastic_attention import ElasticCache, ElasticConfig, attach, detach, force_mode, routing_stats
+from elastic_attention import cache as cache_module
 from elastic_attention.attention.masks import FA, XA
 from elastic_attention.generation import greedy_generate
 from helpers import padded_batch, tiny_model
@@ -103,6 +104,18 @@ def test_batch_one_equals_recompute(prompt):
     got = decode_with_cache(model, ids, mask, MIXED)
     assert_same_decode(got, decode_by_recompute(model, ids, mask, MIXED))
     assert got[2].get_seq_length() == prompt + STEPS - 1
+
+
+def test_full_heads_grow_their_buffer_in_place(monkeypatch):
+    # FA pairs append into free room (no whole-cache copy per step); with room for 3 tokens the buffers
+    # are regrown several times during the decode, padded rows included, and the result does not change.
+    monkeypatch.setattr(cache_module, "FA_ROOM", 3)
+    model = model_with_routers(seed=4)
+    ids, mask = padded_batch([40, 27], 40, side="left", seed=4)
+    got = decode_with_cache(model, ids, mask, PER_ROW)
+    assert_same_decode(got, decode_by_recompute(model, ids, mask, PER_ROW))
+    kv = got[2].layers[0].kv
+    assert kv.fa_len == 40 + STEPS - 1 and kv.fa_keys.shape[1] <= kv.fa_len + 3
 
 
 @pytest.mark.parametrize("model_type", ["qwen2", "qwen3", "mistral"])

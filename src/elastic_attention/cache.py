@@ -27,6 +27,7 @@ from .integrations.hf import attention_modules, runtime_of
 # Full heads gain one key per decode step. cuDNN's SDPA, torch's first choice on Hopper, builds a plan
 # for every new shape: about 45 ms per step on an H200 (torch 2.11) against 0.05 ms for flash.
 DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+FA_ROOM = 256  # free positions kept after an FA pair's keys: a step writes in place, a copy every 256 steps
 
 
 class ElasticCache(Cache):
@@ -197,7 +198,11 @@ class CompactKV:
         self.fa_rows, self.fa_heads = (~streaming).nonzero(as_tuple=True)
         self.ssa_rows, self.ssa_heads = streaming.nonzero(as_tuple=True)
         self.ssa_pairs = torch.arange(len(self.ssa_rows), device=dev)
-        self.fa_keys, self.fa_values = keys[self.fa_rows, self.fa_heads], values[self.fa_rows, self.fa_heads]
+        # FA pairs: [pairs, capacity, d] buffers, the first fa_len positions used. Appending by torch.cat
+        # would copy every FA head's whole cache at every step (at 128K, more traffic than the attention).
+        self.fa_len = s
+        self.fa_keys = self._with_room(keys[self.fa_rows, self.fa_heads], s)
+        self.fa_values = self._with_room(values[self.fa_rows, self.fa_heads], s)
 
         if valid is None or bool(valid.all()):
             self.fa_valid = None  # [b, T] real positions; None = nothing padded
@@ -221,8 +226,17 @@ class CompactKV:
         rows, heads = self.ssa_rows[:, None], self.ssa_heads[:, None]
         self.ssa_keys, self.ssa_values = keys[rows, heads, pos[self.ssa_rows]], values[rows, heads, pos[self.ssa_rows]]
 
+    @staticmethod
+    def _with_room(t: torch.Tensor, used: int) -> torch.Tensor:
+        """t [pairs, used, d] copied into a buffer with FA_ROOM free positions after the used ones."""
+        out = t.new_empty(t.shape[0], used + FA_ROOM, t.shape[2])
+        out[:, :used] = t[:, :used]
+        return out
+
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.fa_keys, self.fa_values, self.ssa_keys, self.ssa_values))
+        """Bytes of the kept keys and values (the FA buffers' free room, FA_ROOM positions, not counted)."""
+        fa = self.fa_keys[:, :self.fa_len], self.fa_values[:, :self.fa_len]
+        return sum(t.numel() * t.element_size() for t in (*fa, self.ssa_keys, self.ssa_values))
 
     def check_continuation(self, position_ids: torch.Tensor) -> None:
         """A call whose positions start before the tokens a row already holds is a new prompt, not more tokens."""
@@ -251,19 +265,22 @@ class CompactKV:
         """q [pairs, groups, sq, d]: every position so far, causal within this call, padding masked."""
         n, g, sq, d = q.shape
         rows, heads = self.fa_rows, self.fa_heads
-        self.fa_keys = torch.cat([self.fa_keys, key[rows, heads]], dim=1)
-        self.fa_values = torch.cat([self.fa_values, value[rows, heads]], dim=1)
+        total = self.fa_len + sq
+        if total > self.fa_keys.shape[1]:  # out of room: one copy every FA_ROOM steps
+            self.fa_keys, self.fa_values = (self._with_room(t, self.fa_len) for t in (self.fa_keys, self.fa_values))
+        self.fa_keys[:, self.fa_len:total] = key[rows, heads]
+        self.fa_values[:, self.fa_len:total] = value[rows, heads]
+        self.fa_len = total
         if self.fa_valid is not None:
             self.fa_valid = torch.cat([self.fa_valid, self.fa_valid.new_ones(self.batch, sq)], dim=1)
-        total = self.fa_keys.shape[1]
         mask = None if sq == 1 else causal_allowed(1, sq, total, q.device)[0]  # [1, sq, T]
         if self.fa_valid is not None:
             valid = self.fa_valid[rows][:, None, :]  # [pairs, 1, T]
             mask = valid if mask is None else mask & valid
         if mask is not None:  # the query rows of the stacked groups share their position's mask
             mask = mask[:, None].expand(-1, g, sq, total).reshape(-1, 1, g * sq, total)
-        out = F.scaled_dot_product_attention(q.reshape(n, 1, g * sq, d), self.fa_keys[:, None],
-                                             self.fa_values[:, None], attn_mask=mask, scale=scale)
+        out = F.scaled_dot_product_attention(q.reshape(n, 1, g * sq, d), self.fa_keys[:, None, :total],
+                                             self.fa_values[:, None, :total], attn_mask=mask, scale=scale)
         return out.view(n, g, sq, d)
 
     def _streaming(self, q, key, value, scale):
