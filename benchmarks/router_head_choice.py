@@ -9,9 +9,11 @@ router's prompts:
 - the same split by outcome: prompts answered right (score >= 0.5) against wrong, with their MSR.
 
     python benchmarks/router_head_choice.py [benchmarks/results/default_router/eval/results.json]
-        [--out benchmarks/results/default_router/head_choice.json]
+        [--out benchmarks/results/default_router/head_choice.json] [--haystack]
 
-Reads JSON only (no model); prints a markdown table and writes JSON.
+Reads JSON only (no model); prints a markdown table and writes JSON. --haystack also rebuilds the run's
+make-data needle prompts (the default model's tokenizer, the run's seed) and splits them by haystack:
+the repeated filler sentences against any other text, with the router's MSR and both methods' scores.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import json
 import statistics
 from pathlib import Path
 
+NEEDLE_TASKS = ("passkey", "multikey_needle")
+FILLER = "The grass is green"  # the filler haystack's first sentence (make_data)
 DEFAULT = Path(__file__).resolve().parent / "results" / "default_router" / "eval" / "results.json"
 TOP = 10
 
@@ -52,10 +56,37 @@ def head_choice(results: dict) -> list[dict]:
     return rows
 
 
+def haystack_split(results: dict) -> list[dict]:
+    """Needle prompts by haystack kind: the router's MSR and right answers, and full attention's."""
+    from elastic_attention.eval.runner import build_samples
+    from elastic_attention.models import load_default_model
+
+    _, tokenizer = load_default_model()
+    seed = results["config"]["seed"]
+    rows = []
+    for task in [t for t in NEEDLE_TASKS if t in results["config"]["tasks"]]:
+        for length in results["config"]["lengths"]:
+            samples = build_samples(tokenizer, task, length, results["config"]["samples"], seed)
+            kind = {s.info.get("index", i): tokenizer.decode(s.input_ids).count(FILLER) > 3
+                    for i, s in enumerate(samples)}
+            for filler in (True, False):
+                def recs(method):
+                    return [r for r in results["records"] if r["task"] == task and r["length"] == length
+                            and r["method"] == method and kind[r["index"]] == filler]
+                elastic, full = recs("elastic"), recs("full")
+                if elastic:
+                    rows.append({"task": task, "length": length, "haystack": "filler" if filler else "other text",
+                                 "n": len(elastic), "msr": statistics.mean(r["msr"] for r in elastic),
+                                 "elastic_right": sum(r["score"] >= 0.5 for r in elastic),
+                                 "full_right": sum(r["score"] >= 0.5 for r in full) if full else None})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", nargs="?", default=str(DEFAULT))
     ap.add_argument("--out", default=str(DEFAULT.parent.parent / "head_choice.json"))
+    ap.add_argument("--haystack", action="store_true", help="split the needle tasks by haystack (loads the tokenizer)")
     args = ap.parse_args()
     results = json.loads(Path(args.results).read_text())
     if not results.get("retrieval_scores") or "elastic" not in results["config"]["methods"]:
@@ -71,7 +102,15 @@ def main() -> None:
         print(f"| {r['task']} | {r['category']} | {r['n']} | {f(r['overlap'])} | {f(r['top_kept'])} | "
               f"{r['right']}, {f(r['right_msr'])}, {f(r['right_top_kept'])} | "
               f"{r['wrong']}, {f(r['wrong_msr'])}, {f(r['wrong_top_kept'])} |")
-    Path(args.out).write_text(json.dumps({"source": args.results, "top": TOP, "rows": rows}, indent=1) + "\n")
+    out = {"source": args.results, "top": TOP, "rows": rows}
+    if args.haystack:
+        out["haystack"] = haystack_split(results)
+        print("\n| task | haystack | prompts | router MSR | router right | full attention right |")
+        print("|---|---|---:|---:|---:|---:|")
+        for r in out["haystack"]:
+            print(f"| {r['task']} | {r['haystack']} | {r['n']} | {r['msr']:.2f} | {r['elastic_right']} | "
+                  f"{'-' if r['full_right'] is None else r['full_right']} |")
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out}")
 
 
