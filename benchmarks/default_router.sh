@@ -11,8 +11,9 @@
 # 3. the retrieval-ranked static hybrid at the router's mean MSR over the whole suite, split the same way;
 # 4. one report of the three (benchmarks/merge_eval.py) in OUT/eval.
 # OUT/mix.jsonl is made with make-data (seed 0) when missing. STEPS (default 160), SENSITIVE (the
-# sensitive target, 0.2), LAMBDA_LR (5e-2), LENGTH (4096), SAMPLES (20), DEVICE (cuda) and DTYPE
-# (bfloat16) make a trial run smaller.
+# sensitive target, 0.2), POOL (the routers' pool_tokens, 100 as shipped; 8 is what
+# benchmarks/router_pool_trial.sh chose for the next router), LAMBDA_LR (5e-2), LENGTH (4096), SAMPLES (20),
+# DEVICE (cuda) and DTYPE (bfloat16) change the run.
 set -euo pipefail
 out=${1:?usage: default_router.sh OUT [all|train|elastic|static]}
 phase=${2:-all}
@@ -25,7 +26,7 @@ mkdir -p "$out"
 # sensitive target of 0.2 (this small model needs about half of its heads for retrieval at 4K, anchors;
 # at 0.3 the first shipped router lost pass-key prompts, docs/training.md).
 TRAIN=(--data "$out/mix.jsonl" --max-len 4096 --batch-size 1 --grad-accum 8 --steps "${STEPS:-160}"
-       --elastic-config '{"sink": 64, "local": 512, "router_norm": "standardize"}' --lr 5e-3
+       --elastic-config "{\"sink\": 64, \"local\": 512, \"router_norm\": \"standardize\", \"pool_tokens\": ${POOL:-100}}" --lr 5e-3
        --lambda-lr "${LAMBDA_LR:-5e-2}" --target "sensitive=${SENSITIVE:-0.2}" --save-every 25 --no-progress)
 MIX_TASKS=passkey,multikey_needle,kv_retrieval,variable_tracking,multidoc_qa,prose_continuation,code_continuation,fewshot_pattern,topic_ending
 RULER_TASKS=niah_single_1,niah_single_2,niah_multikey_1,niah_multivalue,vt,cwe

@@ -89,15 +89,18 @@ def main() -> None:
     ap.add_argument("--haystack", action="store_true", help="split the needle tasks by haystack (loads the tokenizer)")
     args = ap.parse_args()
     results = json.loads(Path(args.results).read_text())
-    if not results.get("retrieval_scores") or "elastic" not in results["config"]["methods"]:
-        raise SystemExit(f"{args.results}: needs the 'elastic' method and retrieval scores (a static method in the run)")
-    rows = head_choice(results)
+    if "elastic" not in results["config"]["methods"]:
+        raise SystemExit(f"{args.results}: needs the 'elastic' method")
+    if not results.get("retrieval_scores") and not args.haystack:
+        raise SystemExit(f"{args.results}: no retrieval scores (no static method in the run): only --haystack applies")
+    rows = head_choice(results) if results.get("retrieval_scores") else []
 
     def f(v):
         return "-" if v is None else f"{v:.2f}"
-    print(f"| task | category | prompts | overlap with top retrieval heads | top-{TOP} kept full | right: n, MSR, "
-          f"top-{TOP} kept | wrong: n, MSR, top-{TOP} kept |")
-    print("|---|---|---:|---:|---:|---|---|")
+    if rows:
+        print(f"| task | category | prompts | overlap with top retrieval heads | top-{TOP} kept full | right: n, MSR, "
+              f"top-{TOP} kept | wrong: n, MSR, top-{TOP} kept |")
+        print("|---|---|---:|---:|---:|---|---|")
     for r in rows:
         print(f"| {r['task']} | {r['category']} | {r['n']} | {f(r['overlap'])} | {f(r['top_kept'])} | "
               f"{r['right']}, {f(r['right_msr'])}, {f(r['right_top_kept'])} | "
