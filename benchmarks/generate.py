@@ -71,6 +71,9 @@ from torch.nn.attention import sdpa_kernel
 import elastic_attention as ea
 from elastic_attention.cache import DECODE_BACKENDS, CompactKV, ElasticCache
 from elastic_attention.attention.masks import FA, SSA
+from elastic_attention.checks import parse_lengths, split_list
+
+from cpu_prefill import spread_mask  # the sibling benchmark's even spread of sparse heads
 
 SHAPES = {  # LlamaConfig fields of the random-weight models
     "8b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
@@ -80,19 +83,6 @@ SHAPES = {  # LlamaConfig fields of the random-weight models
 }
 WINDOWS = {"8b": (128, 2048), "default": (64, 512), "tiny": (16, 64)}  # (sink, local)
 QUICK = dict(lengths="16384,65536", msrs="0,0.7", batches="1")
-
-
-def parse_list(text: str, kind=str) -> list:
-    items = [t for t in text.replace(",", " ").split() if t]
-    if kind is int:
-        return [int(t[:-1]) * 1024 if t.lower().endswith("k") else int(t) for t in items]
-    return [kind(t) for t in items]
-
-
-def spread_mask(layers: int, kv_heads: int, msr: float) -> torch.Tensor:
-    """[layers, kv_heads] bool with round(msr * layers * kv_heads) True, spread evenly over the heads."""
-    i = torch.arange(layers * kv_heads, dtype=torch.float64)
-    return (torch.round((i + 1) * msr) > torch.round(i * msr)).view(layers, kv_heads)
 
 
 # ------------------------------------------------------------------ models
@@ -435,8 +425,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         args.lengths, args.msrs, args.batches = QUICK["lengths"], QUICK["msrs"], QUICK["batches"]
-    models, lengths = parse_list(args.models), parse_list(args.lengths, int)
-    msrs, batches = parse_list(args.msrs, float), parse_list(args.batches, int)
+    models, lengths = split_list(args.models), parse_lengths(args.lengths)
+    msrs, batches = [float(m) for m in split_list(args.msrs)], [int(b) for b in split_list(args.batches)]
     unknown = [m for m in models if m not in WINDOWS]
     if unknown:
         ap.error(f"unknown model(s) {unknown}; use 8b, default or tiny")

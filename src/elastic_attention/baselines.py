@@ -26,7 +26,8 @@ def retrieval_scores(model, tokenizer, samples: int = 12, length: int = 2048, se
     cache=True reads the scores from `scores_cache_path` when a run with the same weights, prompts and
     dtype wrote them, and writes them there otherwise (the CLI and eval do: scoring takes 20-70 s on a CPU).
     """
-    path = scores_cache_path(model, tokenizer, samples, length, seed) if cache else None
+    prompts = passkey_samples(tokenizer, length, samples, seed)  # built once: they key the cache too
+    path = scores_cache_path(model, tokenizer, samples, length, seed, prompts) if cache else None
     if path is not None and path.is_file():
         try:
             scores = torch.tensor(json.loads(path.read_text())["scores"], dtype=torch.float32)
@@ -34,7 +35,7 @@ def retrieval_scores(model, tokenizer, samples: int = 12, length: int = 2048, se
                 return scores
         except (OSError, ValueError, KeyError, TypeError):
             pass  # an unreadable cache file is recomputed and overwritten
-    scores = _measure(model, tokenizer, samples, length, seed, progress)
+    scores = _measure(model, prompts, progress)
     if path is not None:
         from .adapter import _atomic_write
 
@@ -47,10 +48,12 @@ def retrieval_scores(model, tokenizer, samples: int = 12, length: int = 2048, se
     return scores
 
 
-def scores_cache_path(model, tokenizer, samples: int = 12, length: int = 2048, seed: int = 1234) -> Path:
+def scores_cache_path(model, tokenizer, samples: int = 12, length: int = 2048, seed: int = 1234,
+                      prompts=None) -> Path:
     """Where retrieval_scores(..., cache=True) keeps its scores: under the model cache directory, named by
     a hash of the model's weights (a strided sample of every backbone tensor), dtype and device type, and
-    of the scoring prompts' tokens (so the tokenizer, samples, length and seed count too)."""
+    of the scoring prompts' tokens (so the tokenizer, samples, length and seed count too). prompts: those
+    prompts when the caller has built them already."""
     from .models import cache_root
 
     digest = hashlib.sha256(b"retrieval-scores v1")
@@ -61,7 +64,7 @@ def scores_cache_path(model, tokenizer, samples: int = 12, length: int = 2048, s
         sample = flat[:: max(1, flat.numel() // 256)][:256].float().cpu()
         digest.update(f"{name}|{list(p.shape)}|{p.dtype}|{p.device.type}".encode())
         digest.update(sample.numpy().tobytes())
-    for s in passkey_samples(tokenizer, length, samples, seed):
+    for s in prompts if prompts is not None else passkey_samples(tokenizer, length, samples, seed):
         digest.update(json.dumps([s.input_ids, s.needle_span]).encode())
     return cache_root() / "retrieval-scores" / f"{model.config.model_type}-{digest.hexdigest()[:20]}.json"
 
@@ -71,7 +74,7 @@ def _head_shape(model) -> tuple[int, int]:
     return cfg.num_hidden_layers, cfg.num_key_value_heads
 
 
-def _measure(model, tokenizer, samples, length, seed, progress) -> torch.Tensor:
+def _measure(model, prompts, progress) -> torch.Tensor:
     attached_here = getattr(model, "elastic_runtime", None) is None
     if attached_here:
         attach(model)
@@ -81,8 +84,7 @@ def _measure(model, tokenizer, samples, length, seed, progress) -> torch.Tensor:
     try:
         rt.capture_last_row = True
         with force_mode(model, "full"):
-            for s in tqdm(passkey_samples(tokenizer, length, samples, seed), desc="retrieval scores",
-                          disable=not progress):
+            for s in tqdm(prompts, desc="retrieval scores", disable=not progress):
                 model(input_ids=torch.tensor([s.input_ids], device=device), use_cache=False)
                 a, b = s.needle_span
                 for state in rt.layers:
@@ -93,7 +95,7 @@ def _measure(model, tokenizer, samples, length, seed, progress) -> torch.Tensor:
         rt.capture_last_row = False
         if attached_here:
             detach(model)
-    return total / samples
+    return total / len(prompts)
 
 
 def static_mask(scores: torch.Tensor, msr: float) -> torch.Tensor:

@@ -22,6 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .attention.masks import SSA, causal_allowed
+from .checks import context_length
 from .integrations.hf import attention_modules, runtime_of
 
 # Full heads gain one key per decode step. cuDNN's SDPA, torch's first choice on Hopper, builds a plan
@@ -40,7 +41,7 @@ class ElasticCache(Cache):
 
     def __init__(self, model):
         runtime = runtime_of(model)
-        max_positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        max_positions = context_length(model.config)
         layers = [ElasticLayer(module, runtime.config.sink, runtime.config.local, max_positions)
                   for module in attention_modules(model)]
         self._user_defined = False

@@ -87,13 +87,14 @@ def _category(results, task) -> str:
 def demo_table(results) -> str:
     """One row per task, length and method: category, score, MSR, ESR (all layers), prefill time and the KV
     cache held after the prompt as a share of a plain cache's."""
+    from .eval.report import find_cell
+
     lines = ["| task | category | length | method | n | score | MSR | ESR | prefill s | KV cache |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for task in results.tasks:
         for length in results.lengths:
             for m in results.methods:
-                c = next((c for c in results.cells if (c["task"], c["length"], c["method"]) == (task, length, m)),
-                         None)
+                c = find_cell(results, task, length, m)
                 if c is None:
                     continue
                 lines.append(f"| {task} | {_category(results, task)} | {length} | {m} | {c['n']} | {c['score']:.1f} "

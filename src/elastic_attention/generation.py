@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import ElasticCache
+from .checks import context_length
 
 
 @dataclass
@@ -44,7 +45,7 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int = 32, eo
         raise ValueError("the prompt is empty: give at least one token")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    limit = context_length(model.config)
     if limit is not None and input_ids.shape[1] > limit:
         raise ValueError(f"the prompt has {input_ids.shape[1]} tokens, more than the model's maximum "
                          f"(config.max_position_embeddings = {limit}); shorten the prompt")

@@ -19,7 +19,8 @@ def _fmt(value, digits=2) -> str:
     return f"{value:.{digits}f}"
 
 
-def _cell(results: EvalResults, task, length, method):
+def find_cell(results: EvalResults, task, length, method):
+    """The summary cell of one task, length and method, or None."""
     return next((c for c in results.cells if (c["task"], c["length"], c["method"]) == (task, length, method)), None)
 
 
@@ -33,7 +34,7 @@ def markdown_table(results: EvalResults) -> str:
         for length in results.lengths:
             row = []
             for m in methods:
-                c = _cell(results, task, length, m)
+                c = find_cell(results, task, length, m)
                 row.append("-" if c is None else f"{_fmt(c['score'], 1)} ({_fmt(c['msr'])})")
             lines.append(f"| {task} | {length} | " + " | ".join(row) + " |")
     avg = []
@@ -47,7 +48,7 @@ def markdown_table(results: EvalResults) -> str:
     for task in results.tasks:
         for length in results.lengths:
             for m in methods:
-                c = _cell(results, task, length, m)
+                c = find_cell(results, task, length, m)
                 if c is None:
                     continue
                 lines.append(f"| {task} | {length} | {m} | {c['n']} | {_fmt(c['score'], 1)} | {_fmt(c['msr'])} | "
