@@ -13,13 +13,17 @@
 # OUT/mix.jsonl is made with make-data (seed 0) when missing. STEPS (default 160), SENSITIVE (the
 # sensitive target, 0.2), POOL (the routers' pool_tokens, 100 as shipped; 8 is what
 # benchmarks/router_pool_trial.sh chose for the next router), LAMBDA_LR (5e-2), LENGTH (4096), SAMPLES (20),
-# DEVICE (cuda) and DTYPE (bfloat16) change the run.
+# DEVICE (cuda) and DTYPE (bfloat16) change the run. FULL=DIR takes the full-attention records of an earlier
+# run on the same prompts (DIR/results.json, e.g. benchmarks/results/default_router/eval) instead of
+# evaluating full attention again; RESUME=1 continues training from OUT/router's newest checkpoint. With one GPU the two halves of a phase share it.
 set -euo pipefail
 out=${1:?usage: default_router.sh OUT [all|train|elastic|static]}
 phase=${2:-all}
 case "$phase" in all|train|elastic|static) ;; *) echo "unknown phase '$phase': use all, train, elastic or static" >&2; exit 2;; esac
 EA="python -m elastic_attention.cli"
 mkdir -p "$out"
+second=1  # the GPU of each phase's second half
+[ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ] || second=0
 
 # The recipe (docs/training.md says which measurement chose each departure from the paper): standardised
 # router inputs, router lr 5e-3, multiplier lr 5e-2, 8 samples a step; the paper's robust target 1.0 and a
@@ -27,7 +31,7 @@ mkdir -p "$out"
 # at 0.3 the first shipped router lost pass-key prompts, docs/training.md).
 TRAIN=(--data "$out/mix.jsonl" --max-len 4096 --batch-size 1 --grad-accum 8 --steps "${STEPS:-160}"
        --elastic-config "{\"sink\": 64, \"local\": 512, \"router_norm\": \"standardize\", \"pool_tokens\": ${POOL:-100}}" --lr 5e-3
-       --lambda-lr "${LAMBDA_LR:-5e-2}" --target "sensitive=${SENSITIVE:-0.2}" --save-every 25 --no-progress)
+       --lambda-lr "${LAMBDA_LR:-5e-2}" --target "sensitive=${SENSITIVE:-0.2}" --save-every 25 --no-progress ${RESUME:+--resume})
 MIX_TASKS=passkey,multikey_needle,kv_retrieval,variable_tracking,multidoc_qa,prose_continuation,code_continuation,fewshot_pattern,topic_ending
 RULER_TASKS=niah_single_1,niah_single_2,niah_multikey_1,niah_multivalue,vt,cwe
 SAMPLES=${SAMPLES:-20}
@@ -39,15 +43,21 @@ if [ "$phase" = all ] || [ "$phase" = train ]; then
   python -c "from elastic_attention.models import load_default_model; load_default_model()"
   [ -f "$out/mix.jsonl" ] || $EA make-data --lengths 2048 4096 --per-task 24 --seed 0 --out "$out/mix.jsonl"
   CUDA_VISIBLE_DEVICES=0 $EA train "${TRAIN[@]}" --out "$out/router" > "$out/train.log" 2>&1 &
-  CUDA_VISIBLE_DEVICES=1 $EA eval --methods full --tasks "$MIX_TASKS,$RULER_TASKS" "${EVAL[@]}" \
-    --out "$out/full" > "$out/full.log" 2>&1 &
+  if [ -n "${FULL:-}" ] && python benchmarks/merge_eval.py --check-prompts --methods full --out "$out/full" "$FULL" \
+       > "$out/full.log" 2>&1; then
+    echo "full attention: records of $FULL reused (same prompts)"
+  else
+    [ -z "${FULL:-}" ] || echo "full attention: $FULL has other prompts ($out/full.log); evaluating it again"
+    CUDA_VISIBLE_DEVICES=$second $EA eval --methods full --tasks "$MIX_TASKS,$RULER_TASKS" "${EVAL[@]}" \
+      --out "$out/full" > "$out/full.log" 2>&1 &
+  fi
   wait
 fi
 
 if [ "$phase" = all ] || [ "$phase" = elastic ]; then
   CUDA_VISIBLE_DEVICES=0 $EA eval --router "$out/router" --methods elastic --tasks "$MIX_TASKS" "${EVAL[@]}" \
     --out "$out/elastic_mix" > "$out/elastic_mix.log" 2>&1 &
-  CUDA_VISIBLE_DEVICES=1 $EA eval --router "$out/router" --methods elastic --tasks "$RULER_TASKS" "${EVAL[@]}" \
+  CUDA_VISIBLE_DEVICES=$second $EA eval --router "$out/router" --methods elastic --tasks "$RULER_TASKS" "${EVAL[@]}" \
     --out "$out/elastic_ruler" > "$out/elastic_ruler.log" 2>&1 &
   wait
 fi
@@ -60,7 +70,7 @@ print(round(sum(r['msr'] for r in rows) / len(rows), 4))" "$out/elastic_mix" "$o
   echo "elastic mean MSR over the suite: $msr" | tee "$out/static_msr.txt"
   CUDA_VISIBLE_DEVICES=0 $EA eval --router "$out/router" --methods "static:$msr" --tasks "$MIX_TASKS" "${EVAL[@]}" \
     --out "$out/static_mix" > "$out/static_mix.log" 2>&1 &
-  CUDA_VISIBLE_DEVICES=1 $EA eval --router "$out/router" --methods "static:$msr" --tasks "$RULER_TASKS" "${EVAL[@]}" \
+  CUDA_VISIBLE_DEVICES=$second $EA eval --router "$out/router" --methods "static:$msr" --tasks "$RULER_TASKS" "${EVAL[@]}" \
     --out "$out/static_ruler" > "$out/static_ruler.log" 2>&1 &
   wait
   python benchmarks/merge_eval.py --out "$out/eval" --static-elastic-msr "$msr" "$out/elastic_mix" "$out/full" \
