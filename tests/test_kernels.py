@@ -101,6 +101,29 @@ def test_cpu_bucketed_flex_is_exact(pad, pool):
     _check(*case, CPU_CFG, "split", 1e-4, bucket=True)
 
 
+def test_cpu_prompts_sharing_a_bucket_get_their_own_blocks():
+    # Regression: the cached block lists of unpadded prompts were built from the first prompt's length, so every
+    # later prompt of the same bucket lost or gained keys on CUDA (10-17 % error per head on the H200, routing
+    # flipped; benchmarks/router_paths.py). Eager FlexAttention on the CPU applies the mask_mod everywhere and
+    # hides it, so this checks what the block-sparse kernel computes from the lists, prompt after prompt.
+    from elastic_attention.attention.kernels import blocks
+    from elastic_attention.attention.kernels.blocks import block_lists
+    from elastic_attention.attention.kernels.flex import make_mask_mod
+
+    cfg = ElasticConfig(sink=64, local=300)
+    modes = torch.tensor([[FA, SSA]])
+    blocks._ROW_CACHE.clear()
+    for s in (1030, 1200, 1100, 1280):  # one bucket: ten key blocks of 128
+        sb = bucket_length(s)
+        assert sb == 1280
+        start, end = padding_bounds(None, 1, s, "cpu")
+        lists = block_lists(modes, start, end, sb, cfg, 128, 128, padded=False)
+        mm = make_mask_mod(modes.int(), start, end, cfg.sink, cfg.local, padded=False)
+        dense = _dense_from_lists(lists, mm, 1, 2, sb, 128, 128)[..., :s, :s]
+        q = torch.randn(1, 2, s, 8)
+        assert torch.equal(dense, head_masks(modes, causal_allowed(1, s, s, "cpu"), q, q, 1.0, cfg)), s
+
+
 def test_bucket_lengths_are_few_and_close():
     lengths = {bucket_length(s) for s in range(1, (1 << 17) + 1)}
     assert len(lengths) == 36  # every prompt up to 128K tokens compiles at 36 shapes at most

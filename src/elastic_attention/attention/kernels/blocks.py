@@ -120,7 +120,14 @@ def row_lists(start, end, seq: int, config, bq: int, bk: int, width: int, with_f
     key = (seq, config.sink, config.local, bq, bk, width, with_fa, str(start.device))
     if not padded and key in _ROW_CACHE:
         return _ROW_CACHE[key]
-    st, en = (start[:1], end[:1]) if not padded else (start, end)
+    if padded:
+        st, en = start, end
+    else:
+        # Unpadded lists are cached by `seq`, so they must not depend on the row's real length: they are built
+        # for keys up to `seq`. A prompt run at a longer bucket length (flex.bucket_length) has end < seq, and
+        # its real queries never reach the keys past `end` anyway (causal). Building them from `end` cached the
+        # first prompt's length for every later prompt of the bucket (benchmarks/router_paths.py found it).
+        st, en = torch.zeros_like(start[:1]), torch.full_like(end[:1], seq)
     fa_any, fa_all, ssa_any, ssa_all = fa_ssa_tables(st, en, seq, config.sink, config.local, bq, bk)
     out = {"ssa_part": to_ordered(ssa_any & ~ssa_all, width), "ssa_full": to_ordered(ssa_all, width)}
     if with_fa:
