@@ -1,8 +1,10 @@
 """Does a router route a prompt the same way on every code path? Per-prompt MSR of held-out eval prompts
 under each path the library can take for one prefill.
 
-The held-out GPU evaluation routed pass-key prompts in natural text at MSR 0.44-0.69 while the same router
-on the CPU (fp32 and bf16) routed them at 0.22-0.31. The paths that differ between the two:
+Written when the held-out GPU evaluation routed pass-key prompts in natural text at MSR 0.44-0.69 while the
+same router on the CPU (fp32 and bf16) routed them at 0.22-0.31. It found the cause, since fixed: the
+fused prefill reused the first prompt's block lists for every later prompt of a length bucket
+(docs/training.md, "A prefill bug behind the held-out GPU figures"). The paths it compares:
 
   default     what `elastic-attn eval` runs: on CUDA the one-launch Triton router and the fused prefill kernels
   eager       the router as plain PyTorch ops (what training runs), fused prefill kernels
@@ -22,6 +24,11 @@ Prints a table (rows: paths; cells: per-prompt MSR) and writes JSON to --out.
 --kernels (CUDA): runs the first natural-text prompt on the masked path and, at every layer, also the fused
 prefill backends on that layer's own q, k, v and decisions; prints each one's relative error against the
 exact fp32 attention per layer, split by mode (SSA / FA heads).
+--check-default: the default path on --samples prompts of the first task, every fused prefill call checked
+against fp32 attention on its own inputs (the check that located the bug).
+--variant nobucket | untuned | nomaskcache: change one thing in the fused prefill first (no length buckets,
+inductor's default kernel options, no BlockMask cache).
+On a CPU only `default` and `jitter` run (every other path is the same eager code there).
 """
 
 from __future__ import annotations
