@@ -288,26 +288,43 @@ class CompactKV:
         """q [pairs, groups, sq, d]: token by token, write it into the buffer, then attend to the buffer."""
         n, g, sq, d = q.shape
         rows, heads = self.ssa_rows, self.ssa_heads
+        uniform = self.min_count == self.max_count  # every row holds as many tokens (no padding): no mask
         outs = []
         for i in range(sq):
-            self._write(key[rows, heads, i], value[rows, heads, i], (self.count + i)[rows], self.max_count + i + 1)
+            tokens = self.max_count + i + 1  # after this token is written
+            if uniform:  # the slot is the same for every pair: a host integer, not a tensor expression
+                self._grow(tokens)
+                slot = self._slot(self.max_count + i)
+                self.ssa_keys[:, slot] = key[rows, heads, i]
+                self.ssa_values[:, slot] = value[rows, heads, i]
+            else:
+                self._write(key[rows, heads, i], value[rows, heads, i], (self.count + i)[rows], tokens)
             width = self.ssa_keys.shape[1]
             mask = None
-            if self.min_count + i + 1 < width:  # some rows have not filled the buffer yet
+            if not uniform and self.min_count + i + 1 < width:  # some rows have not filled the buffer yet
                 filled = torch.arange(width, device=q.device) < (self.count + i + 1)[rows, None]
                 mask = filled[:, None, None, :]
+            # Uniform rows fill the buffer exactly (it grows one slot a token until full): no mask either way.
             out = F.scaled_dot_product_attention(q[:, :, i][:, None], self.ssa_keys[:, None], self.ssa_values[:, None],
                                                  attn_mask=mask, scale=scale)
-            outs.append(out.view(n, g, d))
-        return torch.stack(outs, dim=2)
+            outs.append(out.view(n, g, 1, d))
+        return outs[0] if sq == 1 else torch.cat(outs, dim=2)
 
-    def _write(self, k, v, rank, tokens: int) -> None:
-        """Store one token per SSA pair (k, v [pairs, d]) at the slot of its rank; the buffer grows until full."""
+    def _slot(self, rank: int) -> int:
+        """The buffer slot of the token of this rank (see the module doc)."""
+        return rank if rank < self.sink else self.sink + (rank - self.sink) % self.local
+
+    def _grow(self, tokens: int) -> None:
+        """Widen the SSA buffers to min(tokens, sink + local) slots (a short prompt fills them over decode)."""
         width = min(tokens, self.sink + self.local)
         if self.ssa_keys.shape[1] < width:
             grow = width - self.ssa_keys.shape[1]
             self.ssa_keys = F.pad(self.ssa_keys, (0, 0, 0, grow))
             self.ssa_values = F.pad(self.ssa_values, (0, 0, 0, grow))
+
+    def _write(self, k, v, rank, tokens: int) -> None:
+        """Store one token per SSA pair (k, v [pairs, d]) at the slot of its rank; the buffer grows until full."""
+        self._grow(tokens)
         slot = torch.where(rank < self.sink, rank, self.sink + (rank - self.sink) % self.local)
         self.ssa_keys[self.ssa_pairs, slot] = k
         self.ssa_values[self.ssa_pairs, slot] = v
