@@ -2,7 +2,7 @@
 under each path the library can take for one prefill.
 
 Written when the held-out GPU evaluation routed pass-key prompts in natural text at MSR 0.44-0.69 while the
-same router on the CPU (fp32 and bf16) routed them at 0.22-0.31. It found the cause, since fixed: the
+same router on the CPU (fp32) routed them at 0.22-0.31. It found the cause, since fixed: the
 fused prefill reused the first prompt's block lists for every later prompt of a length bucket
 (docs/training.md, "A prefill bug behind the held-out GPU figures"). The paths it compares:
 
@@ -95,6 +95,14 @@ def layer_logits(model) -> list[list[float]]:
     return [m.elastic_state.logits[0].tolist() for m in attention_modules(model)]
 
 
+def exact_attention(query, key, value, modes, scale, cfg):
+    """fp32 attention of one causal prefill under the decisions `modes`, from the dense masks (the oracle)."""
+    b, _, s, _ = query.shape
+    q, k = query.float(), key.float()
+    return masked_attention(q, k, value.float(), head_masks(modes, causal_allowed(b, s, s, query.device), q, k,
+                                                            scale, cfg), scale)
+
+
 def kernel_errors(model, ids: list[int], backends: list[str], device) -> list[dict]:
     """Per layer: relative error of each fused backend (and of the masked path) against fp32 attention."""
     rt = runtime_of(model)
@@ -104,11 +112,8 @@ def kernel_errors(model, ids: list[int], backends: list[str], device) -> list[di
 
     def checked(query, key, value, modes, masks, scale, *args, **kwargs):
         out = masked_path(query, key, value, modes, masks, scale, *args, **kwargs)
-        b, hq, s, _ = query.shape
-        g = hq // key.shape[1]
-        allowed = causal_allowed(b, s, s, query.device)
-        ref = masked_attention(query.float(), key.float(), value.float(),
-                               head_masks(modes, allowed, query.float(), key.float(), scale, cfg), scale)
+        g = query.shape[1] // key.shape[1]
+        ref = exact_attention(query, key, value, modes, scale, cfg)
         mode_q = modes.repeat_interleave(g, dim=1)[0]
         row = {"layer": len(rows), "ssa_heads": int((modes == SSA).sum()), "fa_heads": int((modes == FA).sum())}
         for name, o in [("masked", out)] + [(bk, hybrid_prefill(query, key, value, modes, cfg, scale, backend=bk))
@@ -152,10 +157,8 @@ def checked_default(model, samples, device) -> list[dict]:
     def checked(query, key, value, modes, config, scale, **kwargs):
         result = fused(query, key, value, modes, config, scale, **kwargs)
         out = result[0] if isinstance(result, tuple) else result
-        b, hq, s, _ = query.shape
-        ref = masked_attention(query.float(), key.float(), value.float(),
-                               head_masks(modes, causal_allowed(b, s, s, query.device), query.float(), key.float(),
-                                          scale, cfg), scale)
+        s = query.shape[2]
+        ref = exact_attention(query, key, value, modes, scale, cfg)
         err = (out.float() - ref).norm(dim=(-1, -2)) / ref.norm(dim=(-1, -2))  # [b, hq]
         rows.append({"call": len(rows), "s": s, "modes": modes.tolist(), "max_head_err": float(err.max()),
                      "padding": kwargs.get("key_padding") is not None})

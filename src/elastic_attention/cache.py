@@ -292,13 +292,9 @@ class CompactKV:
         outs = []
         for i in range(sq):
             tokens = self.max_count + i + 1  # after this token is written
-            if uniform:  # the slot is the same for every pair: a host integer, not a tensor expression
-                self._grow(tokens)
-                slot = self._slot(self.max_count + i)
-                self.ssa_keys[:, slot] = key[rows, heads, i]
-                self.ssa_values[:, slot] = value[rows, heads, i]
-            else:
-                self._write(key[rows, heads, i], value[rows, heads, i], (self.count + i)[rows], tokens)
+            # Equal counts: the rank (so the slot) is one host integer for every pair, not a tensor expression.
+            rank = self.max_count + i if uniform else (self.count + i)[rows]
+            self._write(key[rows, heads, i], value[rows, heads, i], rank, tokens)
             width = self.ssa_keys.shape[1]
             mask = None
             if not uniform and self.min_count + i + 1 < width:  # some rows have not filled the buffer yet
@@ -310,21 +306,20 @@ class CompactKV:
             outs.append(out.view(n, g, 1, d))
         return outs[0] if sq == 1 else torch.cat(outs, dim=2)
 
-    def _slot(self, rank: int) -> int:
-        """The buffer slot of the token of this rank (see the module doc)."""
-        return rank if rank < self.sink else self.sink + (rank - self.sink) % self.local
 
-    def _grow(self, tokens: int) -> None:
-        """Widen the SSA buffers to min(tokens, sink + local) slots (a short prompt fills them over decode)."""
+
+    def _write(self, k, v, rank, tokens: int) -> None:
+        """Store one token per SSA pair (k, v [pairs, d]) at the slot of its rank (an int when every pair
+        shares it, else a [pairs] tensor); the buffer grows until full."""
         width = min(tokens, self.sink + self.local)
         if self.ssa_keys.shape[1] < width:
             grow = width - self.ssa_keys.shape[1]
             self.ssa_keys = F.pad(self.ssa_keys, (0, 0, 0, grow))
             self.ssa_values = F.pad(self.ssa_values, (0, 0, 0, grow))
-
-    def _write(self, k, v, rank, tokens: int) -> None:
-        """Store one token per SSA pair (k, v [pairs, d]) at the slot of its rank; the buffer grows until full."""
-        self._grow(tokens)
+        if isinstance(rank, int):
+            slot = rank if rank < self.sink else self.sink + (rank - self.sink) % self.local
+            self.ssa_keys[:, slot], self.ssa_values[:, slot] = k, v
+            return
         slot = torch.where(rank < self.sink, rank, self.sink + (rank - self.sink) % self.local)
         self.ssa_keys[self.ssa_pairs, slot] = k
         self.ssa_values[self.ssa_pairs, slot] = v
