@@ -38,11 +38,15 @@ is set) and prints a markdown table. A row is one (model, context S, MSR, batch)
   per layer of the stack, K and V of that layer's shape [batch, kv_heads, S, head_dim] (random values)
   are held once as the ElasticCache layout (cache.CompactKV with that layer's decisions) and once as a
   plain [b, kv_heads, T, d] cache; one decode step's attention is then timed on each: CompactKV's
-  extend_and_attend (append the token, SDPA over the kept entries) against what transformers does on a
-  plain cache (torch.cat of the new token onto K and V, then SDPA with enable_gqa over all T keys), both
-  under the same sdpa_kernel restriction. Wall clock of --attn-steps steps between two syncs (host
-  launch cost included, as in a decode step), summed over the layers of the stack (layers with the same
-  number of sparse heads are timed once).
+  extend_and_attend (store the token, attend to the kept entries: the decode kernel on a GPU) against
+  what transformers does on a plain cache (torch.cat of the new token onto K and V, then SDPA with
+  enable_gqa over all T keys), both under the same sdpa_kernel restriction. Two more columns separate
+  the layout from the kernel: decode_attn_ms_sdpa, the same CompactKV decoding with SDPA (use_kernel =
+  False, the path before the kernel), and decode_attn_ms_full_kernel, a CompactKV holding every head in
+  full (MSR 0) decoded by the same kernel: a full cache written in place, no torch.cat
+  (decode_attn_speedup_kernel = full_kernel / elastic compares like with like). Wall clock of
+  --attn-steps steps between two syncs (host launch cost included, as in a decode step), summed over
+  the layers of the stack (layers with the same number of sparse heads are timed once).
 - Compilations: torch._dynamo's counters["stats"]["unique_graphs"] before and after the row
   (dynamo_graphs_before / _after, compiles = the difference: FlexAttention shapes compiled by this row,
   warm-up included), flex_cache_entries = the compiled variants of flex_attention now held (what
@@ -241,15 +245,17 @@ def plain_attention_ms(shape: dict, seq: int, batch: int, steps: int, device, dt
 
 @torch.no_grad()
 def elastic_attention_ms(shape: dict, mask: torch.Tensor, seq: int, batch: int, sink: int, local: int,
-                         steps: int, device, dtype) -> float:
+                         steps: int, device, dtype, use_kernel: bool = True) -> float:
     """The same on the ElasticCache layout: CompactKV with each layer's decisions, extend_and_attend
-    (append the token, SDPA over the kept entries). Layers with as many sparse heads share one timing."""
+    (store the token, attend to the kept entries; use_kernel=False: SDPA instead of the decode kernel).
+    Layers with as many sparse heads share one timing."""
     sparse_per_layer = mask.sum(1).tolist()
     total = 0.0
     for n_sparse in sorted(set(sparse_per_layer)):
         keys, values, q, k1, v1 = layer_tensors(shape, seq, batch, device, dtype, seq)
         modes = torch.where(mask[sparse_per_layer.index(n_sparse)], SSA, FA).to(device).expand(batch, shape["hk"])
         compact = CompactKV(keys, values, modes, None, sink, local)
+        compact.use_kernel = use_kernel
         del keys, values
         scale = shape["d"] ** -0.5
         total += per_step_ms(lambda: compact.extend_and_attend(q, k1, v1, scale), steps, device) \
@@ -355,8 +361,10 @@ def measure_elastic(model, name, ids, msr, plain, args, device, dtype, watch) ->
     row["flex_cache_entries"] = flex_cache_entries()
     row["recompile_limit"] = recompile_limit()
     row["recompile_limit_hits"] = watch.hits
-    row["decode_attn_ms"] = elastic_attention_ms(shape, mask, seq, batch, sink, local, args.attn_steps,
-                                                 device, dtype)
+    timing = (seq, batch, sink, local, args.attn_steps, device, dtype)
+    row["decode_attn_ms"] = elastic_attention_ms(shape, mask, *timing)
+    row["decode_attn_ms_sdpa"] = elastic_attention_ms(shape, mask, *timing, use_kernel=False)
+    row["decode_attn_ms_full_kernel"] = elastic_attention_ms(shape, torch.zeros_like(mask), *timing)
     free(device)
 
     row.update(plain)
@@ -367,6 +375,7 @@ def measure_elastic(model, name, ids, msr, plain, args, device, dtype, watch) ->
     row["ttft_speedup"] = row["ttft_plain_ms"] / row["ttft_ms"]
     row["decode_speedup"] = row["decode_tok_s"] / row["decode_tok_s_plain"]
     row["decode_attn_speedup"] = row["decode_attn_ms_full"] / row["decode_attn_ms"]
+    row["decode_attn_speedup_kernel"] = row["decode_attn_ms_full_kernel"] / row["decode_attn_ms"]
     return row
 
 
@@ -384,7 +393,7 @@ def fmt(value, spec=".2f"):
 def print_table(rows) -> None:
     print("| model | layers | S | batch | MSR | TTFT ms plain | TTFT ms elastic | decode tok/s plain "
           "(restricted) | plain (SDPA default) | elastic | KV MiB plain | KV MiB elastic | KV full/elastic "
-          "| vs ideal | decode attn x | compiles |")
+          "| vs ideal | decode attn ms full / full (kernel) / elastic (SDPA) / elastic | compiles |")
     print("|" + "---|" * 16)
     for r in rows:
         head = f"| {r['model']} | {r['layers']} | {r['S']} | {r['batch']} | {r['msr']}"
@@ -396,7 +405,8 @@ def print_table(rows) -> None:
               f"{fmt(r['decode_tok_s_plain'], '.1f')} | {fmt(r['decode_tok_s_plain_default'], '.1f')} | "
               f"{fmt(r['decode_tok_s'], '.1f')} | {mib(r['kv_bytes_plain'])} | {mib(r['kv_bytes'])} | "
               f"{fmt(r['kv_ratio'])} | {fmt(100 * r['kv_ideal_ratio_error'], '+.2f')} % | "
-              f"{fmt(r['decode_attn_speedup'])} | {r['compiles']} |")
+              f"{fmt(r['decode_attn_ms_full'], '.3f')} / {fmt(r['decode_attn_ms_full_kernel'], '.3f')} / "
+              f"{fmt(r['decode_attn_ms_sdpa'], '.3f')} / {fmt(r['decode_attn_ms'], '.3f')} | {r['compiles']} |")
 
 
 # ------------------------------------------------------------------ main

@@ -10,7 +10,7 @@ from elastic_attention import ElasticCache, ElasticConfig, attach, detach, force
 from elastic_attention import cache as cache_module
 from elastic_attention.attention.masks import FA, XA
 from elastic_attention.generation import greedy_generate
-from helpers import padded_batch, tiny_model
+from helpers import padded_batch, run_in_triton_interpreter, tiny_model
 
 CFG = ElasticConfig(sink=4, local=16)
 STEPS = 24
@@ -324,3 +324,83 @@ def test_training_mode_is_refused():
     model.train()
     with pytest.raises(ValueError, match="model.eval"):
         model(input_ids=torch.randint(1, 128, (1, 8)), use_cache=True, **cache_kw(model, ElasticCache(model)))
+
+
+# The decode kernel (attention/kernels/decode.py) against CompactKV's SDPA path, step by step: outputs and
+# the buffers it writes the new token into. Cases: the SSA ring wrapping, SSA buffers still growing, FA
+# keys over several chunks, rows with different decisions, one layout empty, the FA buffer out of room.
+_DECODE_SCRIPT = r"""
+import copy, torch
+from elastic_attention import cache as C
+from elastic_attention.attention.kernels import decode
+from elastic_attention.attention.masks import FA, SSA
+
+decode.MIN_CHUNK = decode.BLOCK_N  # small chunks: several per pair at these lengths
+decode.MAX_CHUNKS = 4  # and the cap on chunks a pair reached
+C.FA_ROOM = 3  # FA buffers run out of room within the steps
+torch.manual_seed(0)
+cases = [  # b, hk, groups, prompt, d, sink, local, steps, modes
+    (2, 3, 3, 40, 16, 4, 8, 6, [[SSA, FA, SSA], [FA, SSA, SSA]]),
+    (1, 2, 4, 5, 32, 4, 8, 12, [[SSA, FA]]),
+    (2, 2, 2, 300, 16, 4, 16, 4, [[FA, SSA], [SSA, FA]]),
+    (1, 2, 2, 30, 16, 4, 8, 3, [[SSA, SSA]]),
+    (1, 2, 2, 30, 16, 4, 8, 3, [[FA, FA]]),
+]
+for b, hk, g, s, d, sink, local, steps, modes in cases:
+    keys, values = torch.randn(b, hk, s, d), torch.randn(b, hk, s, d)
+    ref = C.CompactKV(keys, values, torch.tensor(modes), None, sink, local)
+    fast = copy.deepcopy(ref)
+    for step in range(steps):
+        q, k, v = torch.randn(b, hk * g, 1, d), torch.randn(b, hk, 1, d), torch.randn(b, hk, 1, d)
+        want = ref.extend_and_attend(q, k, v, d ** -0.5)
+        got = fast._decode_kernel(q, k, v, d ** -0.5)
+        err = (got - want).abs().max().item()
+        assert err < 1e-5, (b, hk, s, step, err)
+        assert torch.equal(fast.ssa_keys, ref.ssa_keys) and torch.equal(fast.ssa_values, ref.ssa_values)
+        assert fast.fa_len == ref.fa_len and torch.equal(fast.count, ref.count)
+        assert torch.equal(fast.fa_keys[:, :fast.fa_len], ref.fa_keys[:, :ref.fa_len])
+        assert torch.equal(fast.fa_values[:, :fast.fa_len], ref.fa_values[:, :ref.fa_len])
+print("DECODE_OK")
+"""
+
+
+def test_cpu_decode_kernel_in_interpreter():
+    """The decode kernel equals the SDPA path (TRITON_INTERPRET=1: needs the triton package, no GPU)."""
+    run_in_triton_interpreter(_DECODE_SCRIPT, "DECODE_OK")
+
+
+def test_decode_kernel_only_where_it_applies():
+    """The kernel path takes GPU half-precision single tokens without padding; the rest stays on SDPA."""
+    keys = torch.randn(1, 2, 10, 16)
+    kv = cache_module.CompactKV(keys, keys, torch.tensor([[1, 0]]), None, 4, 8)
+    assert not kv.fast_decode(torch.randn(1, 4, 1, 16))  # a CPU tensor
+    if torch.cuda.is_available():
+        q = torch.randn(1, 4, 1, 16, device="cuda", dtype=torch.bfloat16)
+        kv = cache_module.CompactKV(keys.cuda(), keys.cuda(), torch.tensor([[1, 0]], device="cuda"), None, 4, 8)
+        assert kv.fast_decode(q) == cache_module.decode.HAVE_TRITON
+        assert not kv.fast_decode(q.float()) and not kv.fast_decode(q.expand(1, 4, 2, 16))
+        valid = torch.ones(1, 10, dtype=torch.bool, device="cuda")
+        valid[0, 0] = False
+        padded = cache_module.CompactKV(keys.cuda(), keys.cuda(), torch.tensor([[1, 0]], device="cuda"), valid, 4, 8)
+        assert not padded.fast_decode(q)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("shape", [(1, 8, 4, 5000, 128), (3, 3, 3, 700, 64)])  # 8B-like, SmolLM2-like
+def test_gpu_decode_kernel_matches_sdpa(shape):
+    """bf16 on the GPU: the kernel's steps against the SDPA path's, mixed decisions, sink 64 / local 512."""
+    b, hk, g, s, d = shape
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    make = lambda *size: torch.randn(*size, device="cuda", dtype=torch.bfloat16, generator=gen)  # noqa: E731
+    keys, values = make(b, hk, s, d), make(b, hk, s, d)
+    modes = (torch.rand(b, hk, device="cuda", generator=gen) < 0.7).long()
+    ref = cache_module.CompactKV(keys, values, modes, None, 64, 512)
+    ref.use_kernel = False
+    fast = cache_module.CompactKV(keys, values, modes, None, 64, 512)
+    for _ in range(5):
+        q, k, v = make(b, hk * g, 1, d), make(b, hk, 1, d), make(b, hk, 1, d)
+        assert fast.fast_decode(q) and not ref.fast_decode(q)
+        got, want = fast.extend_and_attend(q, k, v, d ** -0.5), ref.extend_and_attend(q, k, v, d ** -0.5)
+        assert (got.float() - want.float()).abs().max().item() < 2e-2
+    assert torch.equal(fast.ssa_keys, ref.ssa_keys) and fast.fa_len == ref.fa_len
+    assert torch.equal(fast.fa_keys[:, :fast.fa_len], ref.fa_keys[:, :ref.fa_len])

@@ -10,8 +10,10 @@ that layer's decisions, per batch row and KV head:
   see (rank < sink or rank > its rank - local), so decode needs no mask once the buffer is full.
 - XA heads keep their whole KV (a later query's blocks may select any key) and decode attends to all
   of it: with this cache XAttention is a prefill-only sparsity.
-Decode steps attend with torch SDPA over the packed pairs only, the query heads of a GQA group
-stacked as the rows of one head. The decisions are the prompt's, as with a plain cache.
+Decode steps attend over the packed pairs only, the query heads of a GQA group stacked as the rows of
+one head: on a GPU, one token per row and no padding, with attention/kernels/decode.py (all pairs in one
+launch, split along the keys); otherwise with torch SDPA, the reference. The decisions are the prompt's,
+as with a plain cache.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from .attention.kernels import decode
 from .attention.masks import SSA, causal_allowed
 from .checks import context_length
 from .integrations.hf import attention_modules, runtime_of
@@ -195,10 +198,14 @@ class CompactKV:
         b, hk, s, _ = keys.shape
         dev = keys.device
         self.batch, self.kv_heads, self.sink, self.local = b, hk, sink, local
+        self.use_kernel = True  # decode with kernels/decode.py where fast_decode allows; False: SDPA always
         streaming = modes == SSA
         self.fa_rows, self.fa_heads = (~streaming).nonzero(as_tuple=True)
         self.ssa_rows, self.ssa_heads = streaming.nonzero(as_tuple=True)
         self.ssa_pairs = torch.arange(len(self.ssa_rows), device=dev)
+        # every pair's batch row and KV head, FA pairs first: what the decode kernel walks
+        self.pair_rows = torch.cat([self.fa_rows, self.ssa_rows]).to(torch.int32)
+        self.pair_heads = torch.cat([self.fa_heads, self.ssa_heads]).to(torch.int32)
         # FA pairs: [pairs, capacity, d] buffers, the first fa_len positions used. Appending by torch.cat
         # would copy every FA head's whole cache at every step (at 128K, more traffic than the attention).
         self.fa_len = s
@@ -213,7 +220,8 @@ class CompactKV:
             self.fa_valid = valid.clone()
             count = valid.sum(1)
             order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)  # real positions first, in order
-        self.count = count  # [b] real tokens seen per row: the rank the next token gets
+        self._lag = 0  # tokens the decode kernel added since count was last updated (see count)
+        self.count = count
         counts = count.tolist()
         self.min_count, self.max_count = min(counts), max(counts)  # host copies: no device sync per step
 
@@ -226,6 +234,18 @@ class CompactKV:
         pos = order.gather(1, torch.where(filled, rank, 0).clamp(max=s - 1))
         rows, heads = self.ssa_rows[:, None], self.ssa_heads[:, None]
         self.ssa_keys, self.ssa_values = keys[rows, heads, pos[self.ssa_rows]], values[rows, heads, pos[self.ssa_rows]]
+
+    @property
+    def count(self) -> torch.Tensor:
+        """[b] real tokens seen per row: the rank the next token gets. The kernel path counts on the host
+        and adds here when asked (one device op fewer a layer and step)."""
+        if self._lag:
+            self._count, self._lag = self._count + self._lag, 0
+        return self._count
+
+    @count.setter
+    def count(self, value: torch.Tensor) -> None:
+        self._count, self._lag = value, 0
 
     @staticmethod
     def _with_room(t: torch.Tensor, used: int) -> torch.Tensor:
@@ -250,6 +270,8 @@ class CompactKV:
     def extend_and_attend(self, query, key, value, scale) -> torch.Tensor:
         """Add this call's keys [b, hk, sq, d] and attend each query [b, hq, sq, d] to what its mode keeps."""
         b, hq, sq, d = query.shape
+        if self.fast_decode(query):
+            return self._decode_kernel(query, key, value, scale)
         grouped = query.view(b, self.kv_heads, hq // self.kv_heads, sq, d)
         out = torch.empty_like(grouped)
         with sdpa_kernel(DECODE_BACKENDS):
@@ -261,6 +283,32 @@ class CompactKV:
         self.count = self.count + sq
         self.min_count, self.max_count = self.min_count + sq, self.max_count + sq
         return out.view(b, hq, sq, d)
+
+    def fast_decode(self, query) -> bool:
+        """Whether this step runs the decode kernel: a GPU (Triton), half precision, one token per row, no
+        padding (every row holds as many tokens, so one slot and one length serve every pair)."""
+        d = query.shape[-1]
+        return (self.use_kernel and decode.HAVE_TRITON and query.is_cuda
+                and query.dtype in (torch.float16, torch.bfloat16) and query.shape[2] == 1
+                and self.fa_valid is None and self.min_count == self.max_count and d >= 16 and d & (d - 1) == 0)
+
+    def _decode_kernel(self, query, key, value, scale):
+        """One token per row through decode.decode_step, which also stores it; the buffers are made ready first."""
+        has_fa = len(self.fa_rows) > 0
+        if has_fa and self.fa_len + 1 > self.fa_keys.shape[1]:  # out of room: one copy every FA_ROOM steps
+            self.fa_keys, self.fa_values = (self._with_room(t, self.fa_len) for t in (self.fa_keys, self.fa_values))
+        rank = self.max_count
+        used = self.ssa_keys.shape[1]
+        if len(self.ssa_rows):
+            self._grow(rank + 1)
+        slot = rank if rank < self.sink else self.sink + (rank - self.sink) % self.local
+        out = decode.decode_step(query, key, value, self.fa_keys, self.fa_values, self.fa_len, self.ssa_keys,
+                                 self.ssa_values, used, slot, self.pair_rows, self.pair_heads, len(self.fa_rows),
+                                 scale)
+        self.fa_len += has_fa
+        self._lag += 1
+        self.min_count, self.max_count = self.min_count + 1, self.max_count + 1
+        return out
 
     def _full(self, q, key, value, scale):
         """q [pairs, groups, sq, d]: every position so far, causal within this call, padding masked."""
@@ -306,16 +354,17 @@ class CompactKV:
             outs.append(out.view(n, g, 1, d))
         return outs[0] if sq == 1 else torch.cat(outs, dim=2)
 
-
+    def _grow(self, tokens: int) -> None:
+        """Widen the SSA buffers to hold `tokens` tokens (they stop growing at sink + local slots)."""
+        grow = min(tokens, self.sink + self.local) - self.ssa_keys.shape[1]
+        if grow > 0:
+            self.ssa_keys = F.pad(self.ssa_keys, (0, 0, 0, grow))
+            self.ssa_values = F.pad(self.ssa_values, (0, 0, 0, grow))
 
     def _write(self, k, v, rank, tokens: int) -> None:
         """Store one token per SSA pair (k, v [pairs, d]) at the slot of its rank (an int when every pair
         shares it, else a [pairs] tensor); the buffer grows until full."""
-        width = min(tokens, self.sink + self.local)
-        if self.ssa_keys.shape[1] < width:
-            grow = width - self.ssa_keys.shape[1]
-            self.ssa_keys = F.pad(self.ssa_keys, (0, 0, 0, grow))
-            self.ssa_values = F.pad(self.ssa_values, (0, 0, 0, grow))
+        self._grow(tokens)
         if isinstance(rank, int):
             slot = rank if rank < self.sink else self.sink + (rank - self.sink) % self.local
             self.ssa_keys[:, slot], self.ssa_values[:, slot] = k, v
