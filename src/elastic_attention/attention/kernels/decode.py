@@ -145,7 +145,8 @@ def _chunks(length: int, pairs: int, programs: int) -> tuple[int, int]:
 def _workspace(device, parts: int, pairs: int, block_g: int, d: int):
     """m, l [parts, block_g], acc [parts, block_g, d] (fp32) and the arrival counters [pairs] (int32, zero
     between steps: the kernel resets them), views of buffers kept per device. A step's kernel uses them
-    in stream order, so the next step may reuse them."""
+    in stream order, so the next step may reuse them; decode steps on two streams of one device at once
+    would share them (generation runs on one stream)."""
     need = parts * block_g * (d + 2)
     work = _WORK.get(device)
     if work is None or work[0].numel() < need or work[1].numel() < pairs:
