@@ -2,7 +2,7 @@
 
 Usage (GPU, from the repository root):
 
-    PYTHONPATH=src python benchmarks/generate.py            # full grid, about 8 minutes on one H200 (budget-capped)
+    PYTHONPATH=src python benchmarks/generate.py            # full grid: about 5 minutes on one H200 (92 s for 8b, 202 s for default)
     PYTHONPATH=src python benchmarks/generate.py --quick    # 16K and 64K, MSR 0 and 0.7, batch 1
     python benchmarks/generate.py --device cpu --models tiny --lengths 256   # end-to-end check on a CPU
 
