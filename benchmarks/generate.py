@@ -46,7 +46,10 @@ is set) and prints a markdown table. A row is one (model, context S, MSR, batch)
   full (MSR 0) decoded by the same kernel: a full cache written in place, no torch.cat
   (decode_attn_speedup_kernel = full_kernel / elastic compares like with like). Wall clock of
   --attn-steps steps between two syncs (host launch cost included, as in a decode step), summed over
-  the layers of the stack (layers with the same number of sparse heads are timed once).
+  the layers of the stack (layers with the same number of sparse heads are timed once). The same four
+  as GPU time alone (decode_attn_gpu_ms, _gpu_ms_full, _gpu_ms_full_kernel, _gpu_ms_sdpa; speedups
+  decode_attn_gpu_speedup and _gpu_speedup_kernel): --attn-steps steps queued behind matmuls that keep
+  the GPU busy while the host launches them (cuda_timing.queued_ms), so the events time the kernels.
 - Compilations: torch._dynamo's counters["stats"]["unique_graphs"] before and after the row
   (dynamo_graphs_before / _after, compiles = the difference: FlexAttention shapes compiled by this row,
   warm-up included), flex_cache_entries = the compiled variants of flex_attention now held (what
@@ -78,6 +81,7 @@ from elastic_attention.attention.masks import FA, SSA
 from elastic_attention.checks import parse_lengths, split_list
 
 from cpu_prefill import spread_mask  # the sibling benchmark's even spread of sparse heads
+from cuda_timing import queued_ms
 
 SHAPES = {  # LlamaConfig fields of the random-weight models
     "8b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
@@ -204,8 +208,10 @@ def timed_prefills(model, ids, elastic: bool, reps: int):
 
 # ------------------------------------------------------------------ decode attention alone
 
-def per_step_ms(step, steps: int, device) -> float:
-    """Wall-clock milliseconds per call of `step` (two warm-up calls, then `steps` calls, one sync)."""
+def per_step_ms(step, steps: int, device) -> tuple[float, float | None]:
+    """(wall-clock milliseconds per call of `step`: two warm-up calls, then `steps` calls, one sync; GPU
+    milliseconds per call with the host's launch hidden behind queued matmuls, cuda_timing.queued_ms,
+    None on a CPU)."""
     with sdpa_kernel(DECODE_BACKENDS):
         step()
         step()
@@ -214,7 +220,14 @@ def per_step_ms(step, steps: int, device) -> float:
         for _ in range(steps):
             step()
         sync(device)
-    return 1000 * (time.perf_counter() - start) / steps
+        wall = 1000 * (time.perf_counter() - start) / steps
+        gpu = queued_ms(step, n=steps) if device.type == "cuda" else None
+    return wall, gpu
+
+
+def _sum(a, b, times: int = 1):
+    """(wall, gpu) pairs added, `b` counted `times`; None stays None."""
+    return tuple(None if x is None or y is None else x + y * times for x, y in zip(a, b))
 
 
 def layer_tensors(shape: dict, seq: int, batch: int, device, dtype, seed: int):
@@ -227,7 +240,7 @@ def layer_tensors(shape: dict, seq: int, batch: int, device, dtype, seed: int):
 
 
 @torch.no_grad()
-def plain_attention_ms(shape: dict, seq: int, batch: int, steps: int, device, dtype) -> float:
+def plain_attention_ms(shape: dict, seq: int, batch: int, steps: int, device, dtype) -> tuple:
     """One decode step's attention on transformers' plain cache, summed over the stack's layers: torch.cat
     of the new token onto K and V (what DynamicCache.update does), then SDPA over all keys (GQA native)."""
     keys, values, q, k1, v1 = layer_tensors(shape, seq, batch, device, dtype, seq)
@@ -240,17 +253,17 @@ def plain_attention_ms(shape: dict, seq: int, batch: int, steps: int, device, dt
         held["v"] = torch.cat([held["v"], v1], dim=-2)
         F.scaled_dot_product_attention(q, held["k"], held["v"], scale=scale, enable_gqa=gqa)
 
-    return per_step_ms(step, steps, device) * shape["layers"]
+    return _sum((0.0, 0.0), per_step_ms(step, steps, device), shape["layers"])
 
 
 @torch.no_grad()
 def elastic_attention_ms(shape: dict, mask: torch.Tensor, seq: int, batch: int, sink: int, local: int,
-                         steps: int, device, dtype, use_kernel: bool = True) -> float:
+                         steps: int, device, dtype, use_kernel: bool = True) -> tuple:
     """The same on the ElasticCache layout: CompactKV with each layer's decisions, extend_and_attend
     (store the token, attend to the kept entries; use_kernel=False: SDPA instead of the decode kernel).
-    Layers with as many sparse heads share one timing."""
+    Layers with as many sparse heads share one timing. (wall, gpu) ms as per_step_ms, summed over layers."""
     sparse_per_layer = mask.sum(1).tolist()
-    total = 0.0
+    total = (0.0, 0.0)
     for n_sparse in sorted(set(sparse_per_layer)):
         keys, values, q, k1, v1 = layer_tensors(shape, seq, batch, device, dtype, seq)
         modes = torch.where(mask[sparse_per_layer.index(n_sparse)], SSA, FA).to(device).expand(batch, shape["hk"])
@@ -258,8 +271,8 @@ def elastic_attention_ms(shape: dict, mask: torch.Tensor, seq: int, batch: int, 
         compact.use_kernel = use_kernel
         del keys, values
         scale = shape["d"] ** -0.5
-        total += per_step_ms(lambda: compact.extend_and_attend(q, k1, v1, scale), steps, device) \
-            * sparse_per_layer.count(n_sparse)
+        total = _sum(total, per_step_ms(lambda: compact.extend_and_attend(q, k1, v1, scale), steps, device),
+                     sparse_per_layer.count(n_sparse))
         del compact
     return total
 
@@ -330,7 +343,8 @@ def measure_plain(model, ids, args, device, dtype) -> dict:
     row["decode_tok_s_plain_default"] = batch * args.new_tokens / t
     del token, cache
     free(device)
-    row["decode_attn_ms_full"] = plain_attention_ms(shape_of(model), seq, batch, args.attn_steps, device, dtype)
+    row["decode_attn_ms_full"], row["decode_attn_gpu_ms_full"] = plain_attention_ms(
+        shape_of(model), seq, batch, args.attn_steps, device, dtype)
     free(device)
     return row
 
@@ -362,9 +376,11 @@ def measure_elastic(model, name, ids, msr, plain, args, device, dtype, watch) ->
     row["recompile_limit"] = recompile_limit()
     row["recompile_limit_hits"] = watch.hits
     timing = (seq, batch, sink, local, args.attn_steps, device, dtype)
-    row["decode_attn_ms"] = elastic_attention_ms(shape, mask, *timing)
-    row["decode_attn_ms_sdpa"] = elastic_attention_ms(shape, mask, *timing, use_kernel=False)
-    row["decode_attn_ms_full_kernel"] = elastic_attention_ms(shape, torch.zeros_like(mask), *timing)
+    row["decode_attn_ms"], row["decode_attn_gpu_ms"] = elastic_attention_ms(shape, mask, *timing)
+    row["decode_attn_ms_sdpa"], row["decode_attn_gpu_ms_sdpa"] = elastic_attention_ms(shape, mask, *timing,
+                                                                                     use_kernel=False)
+    row["decode_attn_ms_full_kernel"], row["decode_attn_gpu_ms_full_kernel"] = elastic_attention_ms(
+        shape, torch.zeros_like(mask), *timing)
     free(device)
 
     row.update(plain)
@@ -376,6 +392,9 @@ def measure_elastic(model, name, ids, msr, plain, args, device, dtype, watch) ->
     row["decode_speedup"] = row["decode_tok_s"] / row["decode_tok_s_plain"]
     row["decode_attn_speedup"] = row["decode_attn_ms_full"] / row["decode_attn_ms"]
     row["decode_attn_speedup_kernel"] = row["decode_attn_ms_full_kernel"] / row["decode_attn_ms"]
+    if row["decode_attn_gpu_ms"] is not None:  # GPU time alone: what the kernels take once launches overlap
+        row["decode_attn_gpu_speedup"] = row["decode_attn_gpu_ms_full"] / row["decode_attn_gpu_ms"]
+        row["decode_attn_gpu_speedup_kernel"] = row["decode_attn_gpu_ms_full_kernel"] / row["decode_attn_gpu_ms"]
     return row
 
 
@@ -393,7 +412,7 @@ def fmt(value, spec=".2f"):
 def print_table(rows) -> None:
     print("| model | layers | S | batch | MSR | TTFT ms plain | TTFT ms elastic | decode tok/s plain "
           "(restricted) | plain (SDPA default) | elastic | KV MiB plain | KV MiB elastic | KV full/elastic "
-          "| vs ideal | decode attn ms full / full (kernel) / elastic (SDPA) / elastic | compiles |")
+          "| vs ideal | decode attn ms full / full (kernel) / elastic (SDPA) / elastic (GPU time alone) | compiles |")
     print("|" + "---|" * 16)
     for r in rows:
         head = f"| {r['model']} | {r['layers']} | {r['S']} | {r['batch']} | {r['msr']}"
@@ -405,8 +424,14 @@ def print_table(rows) -> None:
               f"{fmt(r['decode_tok_s_plain'], '.1f')} | {fmt(r['decode_tok_s_plain_default'], '.1f')} | "
               f"{fmt(r['decode_tok_s'], '.1f')} | {mib(r['kv_bytes_plain'])} | {mib(r['kv_bytes'])} | "
               f"{fmt(r['kv_ratio'])} | {fmt(100 * r['kv_ideal_ratio_error'], '+.2f')} % | "
-              f"{fmt(r['decode_attn_ms_full'], '.3f')} / {fmt(r['decode_attn_ms_full_kernel'], '.3f')} / "
-              f"{fmt(r['decode_attn_ms_sdpa'], '.3f')} / {fmt(r['decode_attn_ms'], '.3f')} | {r['compiles']} |")
+              f"{attn(r, '_full')} / {attn(r, '_full_kernel')} / {attn(r, '_sdpa')} / {attn(r, '')} | "
+              f"{r['compiles']} |")
+
+
+def attn(row: dict, which: str) -> str:
+    """Decode attention ms of one column: wall clock, and the GPU time alone in parentheses where measured."""
+    gpu = row.get(f"decode_attn_gpu_ms{which}")
+    return fmt(row[f"decode_attn_ms{which}"], ".3f") + ("" if gpu is None else f" ({gpu:.3f} GPU)")
 
 
 # ------------------------------------------------------------------ main
