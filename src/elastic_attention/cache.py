@@ -202,7 +202,8 @@ class CompactKV:
         streaming = modes == SSA
         self.fa_rows, self.fa_heads = (~streaming).nonzero(as_tuple=True)
         self.ssa_rows, self.ssa_heads = streaming.nonzero(as_tuple=True)
-        self.ssa_pairs = torch.arange(len(self.ssa_rows), device=dev)
+        self.n_fa, self.n_ssa = len(self.fa_rows), len(self.ssa_rows)  # host ints: no len() per step
+        self.ssa_pairs = torch.arange(self.n_ssa, device=dev)
         # every pair's batch row and KV head, FA pairs first: what the decode kernel walks
         self.pair_rows = torch.cat([self.fa_rows, self.ssa_rows]).to(torch.int32)
         self.pair_heads = torch.cat([self.fa_heads, self.ssa_heads]).to(torch.int32)
@@ -275,9 +276,9 @@ class CompactKV:
         grouped = query.view(b, self.kv_heads, hq // self.kv_heads, sq, d)
         out = torch.empty_like(grouped)
         with sdpa_kernel(DECODE_BACKENDS):
-            if len(self.fa_rows):
+            if self.n_fa:
                 out[self.fa_rows, self.fa_heads] = self._full(grouped[self.fa_rows, self.fa_heads], key, value, scale)
-            if len(self.ssa_rows):
+            if self.n_ssa:
                 out[self.ssa_rows, self.ssa_heads] = self._streaming(grouped[self.ssa_rows, self.ssa_heads], key,
                                                                      value, scale)
         self.count = self.count + sq
@@ -294,18 +295,16 @@ class CompactKV:
 
     def _decode_kernel(self, query, key, value, scale):
         """One token per row through decode.decode_step, which also stores it; the buffers are made ready first."""
-        has_fa = len(self.fa_rows) > 0
-        if has_fa and self.fa_len + 1 > self.fa_keys.shape[1]:  # out of room: one copy every FA_ROOM steps
+        if self.n_fa and self.fa_len + 1 > self.fa_keys.shape[1]:  # out of room: one copy every FA_ROOM steps
             self.fa_keys, self.fa_values = (self._with_room(t, self.fa_len) for t in (self.fa_keys, self.fa_values))
         rank = self.max_count
         used = self.ssa_keys.shape[1]
-        if len(self.ssa_rows):
+        if self.n_ssa:
             self._grow(rank + 1)
-        slot = rank if rank < self.sink else self.sink + (rank - self.sink) % self.local
         out = decode.decode_step(query, key, value, self.fa_keys, self.fa_values, self.fa_len, self.ssa_keys,
-                                 self.ssa_values, used, slot, self.pair_rows, self.pair_heads, len(self.fa_rows),
+                                 self.ssa_values, used, self._slot(rank), self.pair_rows, self.pair_heads, self.n_fa,
                                  scale)
-        self.fa_len += has_fa
+        self.fa_len += self.n_fa > 0
         self._lag += 1
         self.min_count, self.max_count = self.min_count + 1, self.max_count + 1
         return out
@@ -361,14 +360,20 @@ class CompactKV:
             self.ssa_keys = F.pad(self.ssa_keys, (0, 0, 0, grow))
             self.ssa_values = F.pad(self.ssa_values, (0, 0, 0, grow))
 
+    def _slot(self, rank):
+        """The SSA buffer slot of the token of rank `rank` (an int, or a tensor of ranks)."""
+        ring = self.sink + (rank - self.sink) % self.local
+        if isinstance(rank, int):
+            return rank if rank < self.sink else ring
+        return torch.where(rank < self.sink, rank, ring)
+
     def _write(self, k, v, rank, tokens: int) -> None:
         """Store one token per SSA pair (k, v [pairs, d]) at the slot of its rank (an int when every pair
         shares it, else a [pairs] tensor); the buffer grows until full."""
         self._grow(tokens)
+        slot = self._slot(rank)
         if isinstance(rank, int):
-            slot = rank if rank < self.sink else self.sink + (rank - self.sink) % self.local
             self.ssa_keys[:, slot], self.ssa_values[:, slot] = k, v
             return
-        slot = torch.where(rank < self.sink, rank, self.sink + (rank - self.sink) % self.local)
         self.ssa_keys[self.ssa_pairs, slot] = k
         self.ssa_values[self.ssa_pairs, slot] = v
