@@ -428,6 +428,29 @@ def print_table(rows) -> None:
               f"{r['compiles']} |")
 
 
+def print_doc_table(rows) -> None:
+    """The table of docs/benchmarks.md, from a results file (--doc-table)."""
+    print("| model | S | batch | MSR | TTFT ms plain / elastic (x) | decode tok/s plain / elastic | KV MiB plain / "
+          "elastic (x) | decode attn ms: DynamicCache / full, same kernel / elastic, SDPA / elastic | x DynamicCache"
+          " / x full same kernel | GPU time alone ms: full, same kernel / elastic (x) |")
+    print("|" + "---|" * 10)
+    for r in rows:
+        head = f"| {r['model']} | {r['S'] // 1024}K | {r['batch']} | "
+        if "skipped" in r or "error" in r:
+            print(f"{head}{r['msr']:.2f} | {r.get('skipped') or r.get('error')} |" + " |" * 5)
+            continue
+        mib = lambda b: f"{b / 2**20:.0f}"  # noqa: E731
+        gpu = ""
+        if r.get("decode_attn_gpu_ms") is not None:
+            gpu = (f"{r['decode_attn_gpu_ms_full_kernel']:.3f} / {r['decode_attn_gpu_ms']:.3f} "
+                   f"({r['decode_attn_gpu_speedup_kernel']:.2f})")
+        print(f"{head}{r['msr_actual']:.2f} | {r['ttft_plain_ms']:.0f} / {r['ttft_ms']:.0f} ({r['ttft_speedup']:.2f}) | "
+              f"{r['decode_tok_s_plain']:.0f} / {r['decode_tok_s']:.0f} | {mib(r['kv_bytes_plain'])} / "
+              f"{mib(r['kv_bytes'])} ({r['kv_ratio']:.2f}) | {r['decode_attn_ms_full']:.3f} / "
+              f"{r['decode_attn_ms_full_kernel']:.3f} / {r['decode_attn_ms_sdpa']:.3f} / {r['decode_attn_ms']:.3f} | "
+              f"{r['decode_attn_speedup']:.2f} / {r['decode_attn_speedup_kernel']:.2f} | {gpu} |")
+
+
 def attn(row: dict, which: str) -> str:
     """Decode attention ms of one column: wall clock, and the GPU time alone in parentheses where measured."""
     gpu = row.get(f"decode_attn_gpu_ms{which}")
@@ -457,7 +480,12 @@ def main(argv=None):
                     help="start no row after this many seconds (0 = no limit); the rest are recorded as skipped")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                   "generate.json"))
+    ap.add_argument("--doc-table", metavar="JSON", help="print docs/benchmarks.md's table from a results file, run nothing")
     args = ap.parse_args(argv)
+    if args.doc_table:
+        with open(args.doc_table) as f:
+            print_doc_table(json.load(f))
+        return 0
     if args.quick:
         args.lengths, args.msrs, args.batches = QUICK["lengths"], QUICK["msrs"], QUICK["batches"]
     models, lengths = split_list(args.models), parse_lengths(args.lengths)

@@ -3,20 +3,22 @@
 Usage (GPU): PYTHONPATH=src python benchmarks/model_prefill.py [--router-only]
 Writes benchmarks/results/model_prefill.json (and $OUT/model_prefill.json when OUT is set).
 
-Rows: the default model's shape (30 layers, hidden 576, 9 / 3 heads, d 64) at 8K, and an 8B-shaped
+Rows: the default model's shape (30 layers, hidden 576, 9 / 3 heads, d 64) at 8K, 16K and 32K, and an 8B-shaped
 model (hidden 4096, 32 / 8 heads, d 128, intermediate 14336, vocab 128256) with 5 layers (40 KV heads:
 MSR 0.7 = 28 SSA heads) at 32K and 64K. Heads are forced with force_mode(static bool mask). Columns:
 plain SDPA model; attached + fast path at MSR 0.7; attached + fast path forced full (MSR 0, overhead of
-routing + dispatch); attached with the old masked path (fast_prefill off) at MSR 0.7 where memory
-allows. Also times the router forward (pooling included) against one layer's attention at 32K.
+routing + dispatch), measured in turn over 5 rounds; the host syncs of one forward, plain and elastic;
+attached with the old masked path (fast_prefill off) at MSR 0.7 where memory allows. Also times the router forward (pooling included) against one layer's attention at 32K.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import time
+import warnings
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -45,7 +47,22 @@ def static_mask(layers, kv, msr, seed=0):
     return m.view(layers, kv)
 
 
-def run_model(name, seq, old_path=True):
+def host_syncs(fn) -> int:
+    """How many times one call makes the host wait for the GPU (torch's sync debug mode, counted)."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def run_model(name, seq, old_path=True, rounds=5, reps=3):
+    """Plain, elastic at MSR 0.7 and elastic forced full, measured in turn over `rounds` rounds (medians of
+    the round medians): the host's speed drifts between runs, and a small model at 8K is bound by it."""
     kw = MODELS[name]
     cfg = LlamaConfig(max_position_embeddings=max(seq, 8192), rope_theta=500000.0, **kw)
     cfg._attn_implementation = "sdpa"
@@ -58,18 +75,36 @@ def run_model(name, seq, old_path=True):
     ids = torch.randint(1, kw["vocab_size"], (1, seq), device="cuda")
     fwd = lambda: model(input_ids=ids, logits_to_keep=1, use_cache=False)  # noqa: E731
     r = dict(card=torch.cuda.get_device_name(), model=name, S=seq, layers=kw["num_hidden_layers"],
-             date=time.strftime("%Y-%m-%d"))
+             date=time.strftime("%Y-%m-%d"), rounds=rounds)
+    mask = static_mask(kw["num_hidden_layers"], kw["num_key_value_heads"], 0.7)
+    r["msr_actual"] = mask.float().mean().item()
+
+    def run(kind):
+        attached = getattr(model, "elastic_runtime", None) is not None
+        if kind == "plain" and attached:
+            ea.detach(model)
+        if kind != "plain" and not attached:
+            ea.attach(model, ElasticConfig())
+        if kind == "plain":
+            return timed(fwd, reps)
+        with ea.force_mode(model, mask if kind == "elastic" else "full"):
+            return timed(fwd, reps)
+
+    times = {"sdpa_ms": [], "elastic_ms": [], "elastic_full_ms": []}
     with torch.no_grad():
-        r["sdpa_ms"] = timed(fwd)
-        ea.attach(model, ElasticConfig())
+        for _ in range(rounds):
+            for key, kind in (("sdpa_ms", "plain"), ("elastic_ms", "elastic"), ("elastic_full_ms", "full")):
+                times[key].append(run(kind))
+        for key, values in times.items():
+            r[key] = statistics.median(values)
+        r["speedup_per_round"] = [p / e for p, e in zip(times["sdpa_ms"], times["elastic_ms"])]
+        run("plain")
+        r["host_syncs_plain"] = host_syncs(fwd)
+        run("elastic")
         rt = model.elastic_runtime
-        mask = static_mask(kw["num_hidden_layers"], kw["num_key_value_heads"], 0.7)
-        r["msr_actual"] = mask.float().mean().item()
         with ea.force_mode(model, mask):
-            r["elastic_ms"] = timed(fwd)
+            r["host_syncs_elastic"] = host_syncs(fwd)
             r["esr_last_layer"] = 1 - rt.layers[-1].density.mean().item()
-        with ea.force_mode(model, "full"):
-            r["elastic_full_ms"] = timed(fwd)
         if old_path:
             rt.fast_prefill = False
             try:
@@ -125,7 +160,8 @@ def main():
     dump()
     if "--router-only" in sys.argv:
         return 0
-    for name, seq, old in (("default", 8192, True), ("llama8b-5L", 32768, True), ("llama8b-5L", 65536, False)):
+    for name, seq, old in (("default", 8192, True), ("default", 16384, False), ("default", 32768, False),
+                           ("llama8b-5L", 32768, True), ("llama8b-5L", 65536, False)):
         try:
             rows.append(run_model(name, seq, old))
         except torch.OutOfMemoryError as e:

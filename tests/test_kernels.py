@@ -405,3 +405,98 @@ def test_cpu_cudnn_backend_names_what_it_needs():
     k = torch.randn(1, 1, 16, 16)
     with pytest.raises(ValueError, match="nvidia-cudnn-frontend"):
         hybrid_prefill(q, k, k, torch.tensor([[SSA]]), ElasticConfig(sink=4, local=8), 0.25, backend="cudnn")
+
+
+_FUSED_SCRIPT = r'''
+import torch
+from elastic_attention.attention import FA, SSA, head_masks, masked_attention
+from elastic_attention.attention.kernels.blocks import ssa_density
+from elastic_attention.attention.kernels.fa_ssa import fa_ssa_prefill
+from elastic_attention.attention.masks import causal_allowed
+from elastic_attention.config import ElasticConfig
+torch.manual_seed(0)
+# (b, hq, hk, s, d, sink, local, (BLOCK_M, BLOCK_N, warps, stages)): lengths off the block grid, a sink
+# that is not a whole block, a window longer than the prompt, GQA and rows with their own decisions
+cases = [(2, 4, 2, 200, 64, 16, 64, (32, 16, 4, 1)), (1, 3, 3, 130, 64, 20, 50, (32, 32, 4, 1)),
+         (2, 2, 1, 96, 128, 8, 200, (32, 16, 4, 1)), (1, 2, 2, 257, 64, 5, 33, (64, 16, 4, 1))]
+for i, (b, hq, hk, s, d, sink, local, launch) in enumerate(cases):
+    cfg = ElasticConfig(sink=sink, local=local)
+    q = torch.randn(b, s, hq, d).transpose(1, 2)  # the model's strided layout
+    k = torch.randn(b, hk, s, d)
+    v = torch.randn(b, s, hk, d).transpose(1, 2)
+    modes = torch.tensor([[[SSA, FA, SSA][(r + h + i) % 3] for h in range(hk)] for r in range(b)])
+    out, dens = fa_ssa_prefill(q, k, v, modes, sink, local, d ** -0.5, launch, ssa_density=ssa_density(s, cfg))
+    mask = head_masks(modes, causal_allowed(b, s, s), q, k, d ** -0.5, cfg)
+    ref = masked_attention(q, k, v, mask, d ** -0.5)
+    err = ((out - ref).norm() / ref.norm()).item()
+    assert err < 1e-5, (i, err)
+    assert out.transpose(1, 2).is_contiguous()  # the model's [b, s, hq, d] layout, no copy back
+    kept = mask.sum((-1, -2)).float() / (s * (s + 1) / 2)
+    assert torch.allclose(dens, kept.view(b, hk, -1).mean(-1), atol=1e-6), (dens, kept)
+print("FUSED_OK")
+'''
+
+
+def test_cpu_fused_kernel_in_interpreter():
+    """The fused FA/SSA kernel (decisions read on the GPU) under TRITON_INTERPRET=1 against the reference."""
+    run_in_triton_interpreter(_FUSED_SCRIPT, "FUSED_OK")
+
+
+def test_cpu_fused_backend_names_what_it_needs():
+    q = torch.randn(1, 2, 16, 64)
+    k = torch.randn(1, 1, 16, 64)
+    cfg = ElasticConfig(sink=4, local=8)
+    with pytest.raises(ValueError, match="FA and SSA heads only"):
+        hybrid_prefill(q, k, k, torch.tensor([[XA]]), cfg, 0.25, backend="fused")
+    pad = torch.ones(1, 16, dtype=torch.bool)
+    pad[0, :3] = False
+    with pytest.raises(ValueError, match="unpadded prompts only"):
+        hybrid_prefill(q, k, k, torch.tensor([[SSA]]), cfg, 0.25, key_padding=pad, backend="fused")
+
+
+def test_cpu_known_full_decisions_skip_the_host_read():
+    """possible_modes=(FA,) (every head forced full) runs causal SDPA without looking at the modes."""
+    q, k, v, modes, _, valid = _case(3, 1, 4, 2, 50, 16, [FA], "none", CPU_CFG)
+    out, dens = hybrid_prefill(q, k, v, modes, CPU_CFG, 0.25, return_density=True, possible_modes=(FA,))
+    ref = masked_attention(q, k, v, head_masks(modes, _allowed(valid, 50), q, k, 0.25, CPU_CFG), 0.25)
+    assert torch.allclose(out, ref, atol=1e-5) and torch.equal(dens, torch.ones(1, 2))
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d", [64, 128])
+def test_gpu_fused_backend(dtype, d):
+    pytest.importorskip("triton")
+    cfg = ElasticConfig(sink=64, local=256)
+    for i, (b, hq, hk, s) in enumerate([(1, 8, 2, 1024), (2, 9, 3, 1000), (2, 4, 4, 777), (1, 32, 8, 4100)]):
+        for pool in ([FA, SSA], [SSA], [FA]):
+            q, k, v, modes, kp, valid = _case(21 + i, b, hq, hk, s, d, pool, "none", cfg, dtype, "cuda")
+            _check_gpu(q, k, v, modes, kp, valid, cfg, "fused")
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_gpu_routing_and_fused_prefill_never_wait_for_the_gpu():
+    """A small layer's prefill as the model runs it (router, decisions, fused kernel, density) makes no
+    host sync: torch's sync debug mode turns any into an error."""
+    pytest.importorskip("triton")
+    from elastic_attention.router import AttentionRouter
+
+    cfg = ElasticConfig(sink=64, local=256, pool_tokens=8)
+    router = AttentionRouter(64, pool_tokens=8, kv_heads=3, norm="standardize").cuda().eval()
+    q = torch.randn(1, 9, 2000, 64, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, 3, 2000, 64, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    keys = k.transpose(1, 2).contiguous()
+    with torch.no_grad():
+        router(keys)  # compile the router kernel outside the check
+        hybrid_prefill(q, k, v, torch.tensor([[SSA, FA, SSA]], device="cuda"), cfg, 0.125, possible_modes=(FA, SSA))
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            _, r = router(keys)
+            modes = (r > 0.5).long()
+            out, dens = hybrid_prefill(q, k, v, modes, cfg, 0.125, return_density=True, possible_modes=(FA, SSA))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    ref = hybrid_prefill(q, k, v, modes, cfg, 0.125, backend="flex")
+    assert (out.float() - ref.float()).abs().max().item() < 2e-2

@@ -1,7 +1,8 @@
 """ElasticCache: a KV cache that keeps, after the prompt, only the entries each head can still attend to.
 
-The prompt runs as any prefill (routed, over the whole prompt). Then each layer compacts its cache by
-that layer's decisions, per batch row and KV head:
+The prompt runs as any prefill (routed, over the whole prompt). Then each layer's cache is compacted by
+that layer's decisions (all layers at once, when the first later call or `kv_bytes` needs it: reading the
+decisions is one host sync for the whole model, not one per layer), per batch row and KV head:
 - FA heads (and XA heads, see below) keep every position, packed together: [fa pairs, T, d].
 - SSA heads keep the first `sink` real tokens and the last `local` ones in a fixed buffer
   [ssa pairs, sink + local, d]: slots [0, sink) hold the sink, slots [sink, sink + local) a ring of the
@@ -32,6 +33,10 @@ from .integrations.hf import attention_modules, runtime_of
 # for every new shape: about 45 ms per step on an H200 (torch 2.11) against 0.05 ms for flash.
 DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 FA_ROOM = 256  # free positions kept after an FA pair's keys: a step writes in place, a copy every 256 steps
+# Prompts held by the layers of one cache before their layouts are built (see ElasticLayer.compact): past
+# this many bytes the layers so far are compacted at once (one sync), so a long prompt's peak memory stays
+# near a compacting cache's instead of reaching a plain cache's (default model, batch 8 at 128K: 0.8 GB a layer).
+HOLD_BYTES = 2 << 30
 
 
 class ElasticCache(Cache):
@@ -47,6 +52,8 @@ class ElasticCache(Cache):
         max_positions = context_length(model.config)
         layers = [ElasticLayer(module, runtime.config.sink, runtime.config.local, max_positions)
                   for module in attention_modules(model)]
+        for layer in layers:
+            layer.group = layers  # the first layer to need its layout builds every layer's (one host sync)
         self._user_defined = False
         super().__init__(layers=layers)
 
@@ -58,7 +65,7 @@ class ElasticCache(Cache):
     def _is_user_defined(self, value: bool) -> None:
         # generate() marks the cache it is handed at the start of every call: one that holds tokens is being reused.
         if value and self.get_seq_length() > 0:
-            raise ValueError(f"this ElasticCache holds a finished prompt of batch {self.layers[0].kv.batch} "
+            raise ValueError(f"this ElasticCache holds a finished prompt of batch {self.layers[0].batch} "
                              f"({self.get_seq_length()} positions); create a new ElasticCache for every generate call")
         self._user_defined = value
 
@@ -84,7 +91,10 @@ class ElasticLayer(CacheLayerMixin):
         self.sink, self.local, self.max_positions = sink, local, max_positions
         self.length = 0  # positions seen, padding included (what a plain cache would hold)
         self.pending: tuple[torch.Tensor, torch.Tensor] | None = None  # this call's keys and values
-        self.kv: CompactKV | None = None
+        self.prompt: tuple | None = None  # (keys, values, modes, valid) of the prompt, until the layout is built
+        self._kv: CompactKV | None = None
+        self.batch: int | None = None  # rows of the prompt held
+        self.group: list[ElasticLayer] = [self]
         self.full_bytes_per_position = 0  # batch * kv_heads * head_dim * 2 * element size
 
     # -- transformers' side: called by the attention module just before the attention function
@@ -100,11 +110,11 @@ class ElasticLayer(CacheLayerMixin):
             raise RuntimeError("an earlier call through this ElasticCache did not reach the elastic attention "
                                "function; create a new ElasticCache(model) and run the prompt again")
         b, _, sq, _ = key_states.shape
-        if self.kv is not None and b != self.kv.batch:
-            raise ValueError(f"this ElasticCache holds a finished prompt of batch {self.kv.batch}, but the model was "
+        if self.batch is not None and b != self.batch:
+            raise ValueError(f"this ElasticCache holds a finished prompt of batch {self.batch}, but the model was "
                              f"called with a batch of {b}; create a new ElasticCache for every prompt or generate call")
         if self.max_positions is not None and self.length + sq > self.max_positions:
-            what = "the prompt has" if self.kv is None else "with this call the sequence would have"
+            what = "the prompt has" if self.batch is None else "with this call the sequence would have"
             raise ValueError(f"{what} {self.length + sq} positions, more than the model's maximum "
                              f"(config.max_position_embeddings = {self.max_positions}); shorten the prompt "
                              "or generate fewer tokens")
@@ -126,7 +136,8 @@ class ElasticLayer(CacheLayerMixin):
         return -1
 
     def reset(self) -> None:
-        self.length, self.pending, self.kv, self.is_initialized = 0, None, None, False
+        self.length, self.pending, self._kv, self.is_initialized = 0, None, None, False
+        self.prompt, self.batch = None, None
 
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove != 0:
@@ -152,7 +163,15 @@ class ElasticLayer(CacheLayerMixin):
 
     @property
     def compacted(self) -> bool:
-        return self.kv is not None
+        """Whether the prompt has run: later calls attend to the kept entries."""
+        return self._kv is not None or self.prompt is not None
+
+    @property
+    def kv(self) -> CompactKV | None:
+        """The compact layout, built on first use after the prompt (see compact)."""
+        if self._kv is None and self.prompt is not None:
+            build_layouts(self.group)
+        return self._kv
 
     def owns(self, key: torch.Tensor) -> bool:
         """Whether `key` is what this layer's update just returned (guards against a stale link)."""
@@ -166,11 +185,23 @@ class ElasticLayer(CacheLayerMixin):
                              "(greedy_generate(..., elastic_cache=False))")
 
     def compact(self, modes: torch.Tensor, valid: torch.Tensor | None) -> None:
-        """After the prompt's attention: keep per (row, KV head) what its mode needs. valid: [b, s] real keys."""
+        """After the prompt's attention: keep per (row, KV head) what its mode needs. valid: [b, s] real keys.
+
+        The layout's sizes depend on the decisions, which live on the GPU: reading them in every layer made
+        every layer of the prefill a host sync (the host then waits for the GPU and the GPU for the host;
+        TTFT 0.6x of the plain model at 16K on the default model, benchmarks/prefill_overhead.py --cache).
+        So the prompt's keys are held, as a plain cache holds them, and the first call that needs a layout
+        builds every layer's at once, reading all decisions in one sync (build_layouts); past HOLD_BYTES of
+        held prompts the layers so far are built at once during the prefill."""
         keys, values = self.pending
         self.pending = None
-        self.kv = CompactKV(keys, values, modes, valid, self.sink, self.local)
+        self.prompt = (keys, values, modes, valid)
+        self.batch = keys.shape[0]
         self.length = keys.shape[2]
+        held = sum(2 * layer.prompt[0].numel() * layer.prompt[0].element_size()
+                   for layer in self.group if layer.prompt is not None)
+        if held > HOLD_BYTES:
+            build_layouts(self.group)
         b, hk, _, d = keys.shape
         self.full_bytes_per_position = b * hk * d * 2 * keys.element_size()
 
@@ -185,24 +216,43 @@ class ElasticLayer(CacheLayerMixin):
         return out
 
     def kv_bytes(self) -> int:
-        return self.kv.nbytes() if self.kv is not None else 0
+        kv = self.kv
+        return kv.nbytes() if kv is not None else 0
 
     def full_kv_bytes(self) -> int:
         return self.length * self.full_bytes_per_position
 
 
+def build_layouts(layers: list[ElasticLayer]) -> None:
+    """Build the compact layout of every layer still holding its prompt, reading the decisions of all of
+    them in one host sync per device."""
+    waiting = [layer for layer in layers if layer._kv is None and layer.prompt is not None]
+    by_device: dict = {}
+    for layer in waiting:
+        by_device.setdefault(layer.prompt[2].device, []).append(layer)
+    for group in by_device.values():
+        counts = torch.stack([(layer.prompt[2] == SSA).sum() for layer in group]).tolist()
+        for layer, n_ssa in zip(group, counts):
+            layer._kv = CompactKV(*layer.prompt, layer.sink, layer.local, n_ssa=n_ssa)
+            layer.prompt = None
+
+
 class CompactKV:
     """The kept keys and values of one layer, FA pairs and SSA pairs packed apart (see the module doc)."""
 
-    def __init__(self, keys, values, modes, valid, sink: int, local: int):
+    def __init__(self, keys, values, modes, valid, sink: int, local: int, n_ssa: int | None = None):
+        """n_ssa: how many (row, head) pairs of `modes` are SSA, when the caller has read it (else one sync)."""
         b, hk, s, _ = keys.shape
         dev = keys.device
         self.batch, self.kv_heads, self.sink, self.local = b, hk, sink, local
         self.use_kernel = True  # decode with kernels/decode.py where fast_decode allows; False: SDPA always
-        streaming = modes == SSA
-        self.fa_rows, self.fa_heads = (~streaming).nonzero(as_tuple=True)
-        self.ssa_rows, self.ssa_heads = streaming.nonzero(as_tuple=True)
-        self.n_fa, self.n_ssa = len(self.fa_rows), len(self.ssa_rows)  # host ints: no len() per step
+        # FA pairs first, then SSA pairs, each in (row, head) order: one read of the decisions (a host sync)
+        streaming = (modes == SSA).flatten()
+        self.n_ssa = int(streaming.sum()) if n_ssa is None else n_ssa
+        self.n_fa = b * hk - self.n_ssa  # host ints: no len() per step
+        pairs = torch.argsort(streaming.to(torch.int8), stable=True)
+        self.fa_rows, self.fa_heads = pairs[:self.n_fa] // hk, pairs[:self.n_fa] % hk
+        self.ssa_rows, self.ssa_heads = pairs[self.n_fa:] // hk, pairs[self.n_fa:] % hk
         self.ssa_pairs = torch.arange(self.n_ssa, device=dev)
         # every pair's batch row and KV head, FA pairs first: what the decode kernel walks
         self.pair_rows = torch.cat([self.fa_rows, self.ssa_rows]).to(torch.int32)
@@ -217,13 +267,14 @@ class CompactKV:
             self.fa_valid = None  # [b, T] real positions; None = nothing padded
             count = torch.full((b,), s, device=dev)
             order = torch.arange(s, device=dev).expand(b, s)
+            counts = [s] * b
         else:
             self.fa_valid = valid.clone()
             count = valid.sum(1)
             order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)  # real positions first, in order
+            counts = count.tolist()
         self._lag = 0  # tokens the decode kernel added since count was last updated (see count)
         self.count = count
-        counts = count.tolist()
         self.min_count, self.max_count = min(counts), max(counts)  # host copies: no device sync per step
 
         # Slot j < sink holds rank j; ring slot j holds the latest rank r < count with r = j (mod local).

@@ -43,6 +43,15 @@ class Runtime:
         self.route_mask: torch.Tensor | None = None
         self.layers: list[LayerState] = []
         self.frozen: dict[str, bool] = {}  # requires_grad of backbone parameters before attach
+        self._device_copy: tuple | None = None  # (host tensor, device tensor) of the forced mask
+
+    def forced_on(self, device) -> torch.Tensor:
+        """The forced mask as fp32 on `device`, copied once per mask rather than once per layer: a copy
+        from pageable host memory waits for the GPU, which made every layer a sync."""
+        cached = self._device_copy
+        if cached is None or cached[0] is not self.forced or cached[1].device != torch.device(device):
+            cached = self._device_copy = (self.forced, self.forced.to(device, torch.float32))
+        return cached[1]
 
 
 class LayerState:
@@ -56,6 +65,7 @@ class LayerState:
         self.logits: torch.Tensor | None = None  # [b, hk] router logits (None when forced)
         self.decisions: torch.Tensor | None = None  # [b, hk] float r, straight-through in training
         self.modes: torch.Tensor | None = None  # [b, hk] int FA / SSA / XA
+        self.possible_modes: tuple[int, ...] | None = None  # the modes `modes` can hold, known on the host
         self.density: torch.Tensor | None = None  # [b, hk] fraction of allowed pairs kept
         self.last_row: torch.Tensor | None = None  # [b, hq, kv] probs of the last query
         self.cache_layer = None  # set by an ElasticCache layer's update for the attention call that follows
@@ -83,16 +93,23 @@ class LayerState:
                 raise ValueError(f"force_mode was given decisions for a batch of {forced.shape[0]} but the model "
                                  f"was called with a batch of {batch}; pass a [layers, kv_heads] mask to use "
                                  "the same heads for every row")
-            r = forced.to(device, torch.float32).expand(batch, hk)
+            r = rt.forced_on(device)[..., self.layer_idx, :].expand(batch, hk)
         else:
             self.logits = None
             r = torch.full((batch, hk), 1.0 if rt.forced == "sparse" else 0.0, device=device)
         self.decisions = r
         if rt.forced == "full":
             self.modes = torch.full((batch, hk), FA, device=device)
+            self.possible_modes = (FA,)
         else:
             cfg = rt.config
-            self.modes = torch.where(r > 0.5, MODE_IDS[cfg.sparse_mode], MODE_IDS[cfg.retrieval_mode])
+            sparse, kept = MODE_IDS[cfg.sparse_mode], MODE_IDS[cfg.retrieval_mode]
+            if (kept, sparse) == (FA, SSA):  # the ids are the decisions: one op (each costs host time)
+                self.modes = (r > 0.5).long()
+            else:
+                self.modes = torch.where(r > 0.5, sparse, kept)
+            # known without reading the decisions back: the prefill kernels need no host sync
+            self.possible_modes = (MODE_IDS[cfg.sparse_mode], MODE_IDS[cfg.retrieval_mode])
 
 
 class ModeMasks:
@@ -183,8 +200,8 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
           and kwargs.get("sliding_window") is None and fast_prefill_supported(query, key)):
         # CUDA prefill: all heads from the decisions in fused kernels; density computed analytically.
         pad = None if masks.plain_causal else masks.allowed[:, 0, -1, :]  # last row = real keys
-        out, state.density = hybrid_prefill(query, key, value, state.modes, cfg, scale,
-                                            key_padding=pad, return_density=True)
+        out, state.density = hybrid_prefill(query, key, value, state.modes, cfg, scale, key_padding=pad,
+                                            return_density=True, possible_modes=state.possible_modes)
         prefill = False  # density already set
     else:
         # Unpadded prefill off the fused path (the CPU): SSA heads on key bands, O(s * (sink + local)),

@@ -4,7 +4,11 @@
 benchmarks/prefill_attention.py, see docs/benchmarks.md):
   "auto"    default: "cudnn" where it can run (the cuDNN frontend is installed, no padding, no XA
             head) on layers of at least CUDNN_MIN_WORK, else "split" for layers of at least
-            SPLIT_MIN_WORK and "flex" for smaller ones;
+            SPLIT_MIN_WORK and "flex" for smaller ones; when the caller says the decisions hold
+            FA / SSA only (`possible_modes`, what a router's config gives) and nothing is padded,
+            layers below FUSED_MAX_WORK run "fused" without reading the decisions on the host;
+  "fused"   FA and SSA heads in one Triton launch that reads the decisions on the GPU (fa_ssa.py):
+            no host sync, no BlockMask, no compiled call; FA / SSA heads and no padding only;
   "cudnn"   SSA heads as cuDNN's sliding-window band with the sink keys merged in
             (cudnn_band.py), FA heads by SDPA on a side stream, concurrently;
   "split"   SDPA (cuDNN / flash) on the FA heads on a side stream, concurrently with
@@ -22,12 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from ..masks import FA, SSA, XA
-from . import cudnn_band
+from . import cudnn_band, fa_ssa
 from .blocks import density as analytic_density, padding_bounds, ssa_density
 from .flex import bucket_length, build_block_mask, flex_run
 from .xa import xa_select
 
-PREFILL_BACKENDS = ("auto", "cudnn", "split", "flex", "triton", "split_triton")
+PREFILL_BACKENDS = ("auto", "fused", "cudnn", "split", "flex", "triton", "split_triton")
 DEFAULT_BACKEND = "auto"
 # "auto" splits when the layer's full causal attention has at least this many b * hq * s^2 * d
 # (about 2 ms of SDPA on an H200): below it the stream fork and the extra launches cost more than
@@ -37,6 +41,10 @@ SPLIT_MIN_WORK = 3e12
 # 16K 4.10 vs 4.86); on smaller layers its per-run calls and the sink merge cost more (default shape at
 # 8K: 1.87 vs 1.60 ms). benchmarks/results/prefill_attention.json, docs/benchmarks.md.
 CUDNN_MIN_WORK = 1e12
+# "auto" runs "fused" below this b * hq * s^2 * d when the decisions can hold FA / SSA only: on small
+# layers the host sync and FlexAttention's call cost more than its kernel saves (default model at 8K:
+# benchmarks/prefill_overhead.py, docs/benchmarks.md).
+FUSED_MAX_WORK = 1e12
 MASK_CACHE_SIZE = 64  # BlockMasks of recent (decisions, length) pairs, unpadded prompts only
 MASK_CACHE_ENTRY_BYTES = 8 << 20  # larger masks are rebuilt each call rather than held (64 x 8 MiB at most)
 _MASKS: dict = {}
@@ -80,7 +88,7 @@ def supported(q: torch.Tensor, k: torch.Tensor) -> bool:
 
 def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tensor | None = None,
                    backend: str | None = None, return_density: bool = False, kernel_options=None,
-                   bucket: bool | None = None):
+                   bucket: bool | None = None, possible_modes: tuple[int, ...] | None = None):
     """Causal prefill attention, every KV head in its own mode; output [b, hq, s, d] in q's dtype.
 
     q [b, hq, s, d]; k, v [b, hk, s, d] (GQA: never repeated); modes [b, hk] ints FA/SSA/XA;
@@ -88,7 +96,8 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
     selection runs here (on q's device). With return_density, also returns [b, hk] the fraction of
     allowed pairs each head keeps (ESR input), computed analytically. bucket: FlexAttention runs at
     `bucket_length(s)` (zero rows appended, the output cut back) so the compiled kernel sees few
-    shapes; None = on CUDA, where it is compiled.
+    shapes; None = on CUDA, where it is compiled. possible_modes: the modes `modes` can hold, known
+    without reading it (a router's config gives its two); None = any, read from `modes` (one host sync).
     """
     backend = backend or DEFAULT_BACKEND
     if backend not in PREFILL_BACKENDS:
@@ -96,6 +105,18 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
     b, hq, s, d = q.shape
     hk = k.shape[1]
     g = hq // hk
+    fused = backend == "fused" or (
+        backend == "auto" and key_padding is None and possible_modes is not None
+        and set(possible_modes) <= {FA, SSA} and set(possible_modes) != {FA}
+        and q.is_cuda and b * hq * s * s * d < FUSED_MAX_WORK and fa_ssa.supported(q, k))
+    if backend == "fused" and bool((modes == XA).any()):
+        raise ValueError("the 'fused' prefill backend runs FA and SSA heads only; with XA heads use "
+                         "backend='auto' or 'flex'")
+    if fused:
+        return _fused(q, k, v, modes, config, scale, key_padding, return_density)
+    if backend == "auto" and key_padding is None and possible_modes is not None and set(possible_modes) == {FA}:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=g > 1)
+        return (out, torch.ones(b, hk, device=q.device)) if return_density else out
     padded = key_padding is not None and not bool(key_padding.all())
     modes = modes.to(device=q.device, dtype=torch.int64)
     modes_list = modes.tolist()  # the one host sync of the call
@@ -180,6 +201,17 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
     if return_density:
         return out, analytic_density(modes, start, end, config, xa_keep if has_xa else None)
     return out
+
+
+def _fused(q, k, v, modes, config, scale, key_padding, return_density):
+    """The "fused" backend: fa_ssa.py's kernel, the density from the decisions on the device."""
+    if key_padding is not None and not bool(key_padding.all()):
+        raise ValueError("the 'fused' prefill backend runs unpadded prompts only; use backend='auto' or 'flex'")
+    if not fa_ssa.supported(q, k):
+        raise ValueError(f"the 'fused' prefill backend needs triton and head_dim in {sorted(fa_ssa.CONFIGS)} "
+                         f"(got q {list(q.shape)}, k {list(k.shape)}); use backend='auto' or 'flex'")
+    return fa_ssa.fa_ssa_prefill(q, k, v, modes, config.sink, config.local, scale,
+                                 ssa_density=ssa_density(q.shape[2], config) if return_density else None)
 
 
 class _null:
