@@ -47,6 +47,20 @@ def static_mask(layers, kv, msr, seed=0):
     return m.view(layers, kv)
 
 
+def random_model(name: str, seq: int):
+    """(bf16 Llama of the named shape with random weights on the GPU, one row of seq random token ids)."""
+    kw = MODELS[name]
+    cfg = LlamaConfig(max_position_embeddings=max(seq, 8192), rope_theta=500000.0, **kw)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).eval()
+    torch.set_default_dtype(prev)
+    return model, torch.randint(1, kw["vocab_size"], (1, seq), device="cuda")
+
+
 def host_syncs(fn) -> int:
     """How many times one call makes the host wait for the GPU (torch's sync debug mode, counted)."""
     torch.cuda.synchronize()
@@ -64,15 +78,7 @@ def run_model(name, seq, old_path=True, rounds=5, reps=3):
     """Plain, elastic at MSR 0.7 and elastic forced full, measured in turn over `rounds` rounds (medians of
     the round medians): the host's speed drifts between runs, and a small model at 8K is bound by it."""
     kw = MODELS[name]
-    cfg = LlamaConfig(max_position_embeddings=max(seq, 8192), rope_theta=500000.0, **kw)
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(cfg).eval()
-    torch.set_default_dtype(prev)
-    ids = torch.randint(1, kw["vocab_size"], (1, seq), device="cuda")
+    model, ids = random_model(name, seq)
     fwd = lambda: model(input_ids=ids, logits_to_keep=1, use_cache=False)  # noqa: E731
     r = dict(card=torch.cuda.get_device_name(), model=name, S=seq, layers=kw["num_hidden_layers"],
              date=time.strftime("%Y-%m-%d"), rounds=rounds)

@@ -20,7 +20,6 @@ import os
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import elastic_attention as ea
 from elastic_attention.attention import FA, SSA
@@ -28,7 +27,7 @@ from elastic_attention.attention import kernels
 from elastic_attention.config import ElasticConfig
 
 from cuda_timing import queued_ms, warm_median_ms  # benchmarks/ sits on sys.path when a script here runs
-from model_prefill import MODELS, static_mask
+from model_prefill import MODELS, host_syncs, random_model, static_mask
 
 
 def host_ms(fn, reps: int = 20) -> float:
@@ -110,15 +109,7 @@ def config_rows(seq, shape, configs):
 
 def model_rows(seq, backends, profile):
     kw = MODELS["default"]
-    cfg = LlamaConfig(max_position_embeddings=max(seq, 8192), rope_theta=500000.0, **kw)
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(cfg).eval()
-    torch.set_default_dtype(prev)
-    ids = torch.randint(1, kw["vocab_size"], (1, seq), device="cuda")
+    model, ids = random_model("default", seq)
     fwd = lambda: model(input_ids=ids, logits_to_keep=1, use_cache=False)  # noqa: E731
     rows = []
     with torch.no_grad():
@@ -173,18 +164,8 @@ def model_rows(seq, backends, profile):
 def cache_rows(seq, rounds=3, reps=3, profile_rows=0):
     """TTFT's extra cost: the attached model's prefill with an ElasticCache (compaction included) against
     the same prefill without a cache and the plain model with transformers' cache, measured in turn."""
-    from model_prefill import host_syncs
-
     kw = MODELS["default"]
-    cfg = LlamaConfig(max_position_embeddings=max(seq, 8192), rope_theta=500000.0, **kw)
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(cfg).eval()
-    torch.set_default_dtype(prev)
-    ids = torch.randint(1, kw["vocab_size"], (1, seq), device="cuda")
+    model, ids = random_model("default", seq)
     mask = static_mask(kw["num_hidden_layers"], kw["num_key_value_heads"], 0.7)
     plain = lambda: model(input_ids=ids, logits_to_keep=1, use_cache=True)  # noqa: E731
     cached = lambda: model(input_ids=ids, logits_to_keep=1, past_key_values=ea.ElasticCache(model))  # noqa: E731
