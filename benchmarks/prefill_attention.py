@@ -119,7 +119,7 @@ def main():
     ap.add_argument("--seqs", default="8192,16384,32768,65536,131072")
     ap.add_argument("--msrs", default="0,0.5,0.7,0.9")
     ap.add_argument("--shapes", default="llama8b,default")
-    ap.add_argument("--candidates", default="split,flex,triton")
+    ap.add_argument("--candidates", default="split,flex,fused")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--out", default=os.path.join(RESULTS, "prefill_attention.json"))
     args = ap.parse_args()

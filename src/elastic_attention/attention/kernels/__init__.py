@@ -13,10 +13,9 @@ benchmarks/prefill_attention.py, see docs/benchmarks.md):
             (cudnn_band.py), FA heads by SDPA on a side stream, concurrently;
   "split"   SDPA (cuDNN / flash) on the FA heads on a side stream, concurrently with
             FlexAttention on the sparse heads (per-head BlockMask from the decisions);
-  "flex"    FlexAttention on all heads, one launch (fallback; also the path with padding);
-  "triton"  one Triton kernel branching per program on its head's mode (candidate, kept for
-            measurement; not a default);
-  "split_triton" split dispatch with the Triton kernel as the sparse kernel (candidate).
+  "flex"    FlexAttention on all heads, one launch (fallback; also the path with padding).
+(An earlier one-launch Triton candidate walking per-head block lists, slower than FlexAttention on
+every row measured, gave way to "fused".)
 The exact reference (masks.py + reference.py) stays the CPU path and the oracle.
 """
 
@@ -31,7 +30,7 @@ from .blocks import density as analytic_density, padding_bounds, ssa_density
 from .flex import bucket_length, build_block_mask, flex_run
 from .xa import xa_select
 
-PREFILL_BACKENDS = ("auto", "fused", "cudnn", "split", "flex", "triton", "split_triton")
+PREFILL_BACKENDS = ("auto", "fused", "cudnn", "split", "flex")
 DEFAULT_BACKEND = "auto"
 # "auto" splits when the layer's full causal attention has at least this many b * hq * s^2 * d
 # (about 2 ms of SDPA on an H200): below it the stream fork and the extra launches cost more than
@@ -120,7 +119,7 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
     padded = key_padding is not None and not bool(key_padding.all())
     modes = modes.to(device=q.device, dtype=torch.int64)
     modes_list = modes.tolist()  # the one host sync of the call
-    if not padded and backend != "triton" and all(m == FA for row in modes_list for m in row):
+    if not padded and all(m == FA for row in modes_list for m in row):
         # MSR 0: the fastest causal kernel there is, with nothing else set up before it
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=g > 1)
         return (out, torch.ones(b, hk, device=q.device)) if return_density else out
@@ -140,7 +139,7 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
             f" XA={has_xa}, dtype={q.dtype}, sink={config.sink}, frontend error: {cudnn_band.load_error()});"
             " use backend='auto' or 'flex'")
     use_cudnn = backend == "cudnn" or (backend == "auto" and work >= CUDNN_MIN_WORK and cudnn_ok)
-    split = not padded and (backend in ("split", "split_triton") or
+    split = not padded and (backend == "split" or
                             (backend == "auto" and work >= SPLIT_MIN_WORK))
     runs = head_runs(modes_list, FA) if (split or use_cudnn) else []
     # no FA head in the sparse kernel's share: SSA/XA lists only (narrow, shorter mask rule)
@@ -164,9 +163,6 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
             cudnn_band.ssa_attention(q[row:row + 1, h0 * g:h1 * g], k[row:row + 1, h0:h1],
                                      v[row:row + 1, h0:h1], out[row:row + 1, h0 * g:h1 * g],
                                      config.sink, config.local, scale)
-    elif backend in ("triton", "split_triton"):
-        from .triton_hybrid import triton_hybrid
-        out = triton_hybrid(q, k, v, modes_q, start, end, config, scale, xa_keep, skip_fa, has_xa=has_xa)
     else:
         # Zero rows appended after the prompt change nothing a real query sees (keys > q are never
         # kept; the block tables bound keys by `end`); the extra query rows are cut off.

@@ -1,8 +1,8 @@
 """Block tables of the hybrid pattern, built from the decisions (never from a dense token mask).
 
-Every fast kernel (FlexAttention, the Triton hybrid) runs over per-(batch, query head, query block)
-lists of key blocks: "full" blocks where every (query, key) pair is kept and no mask is evaluated,
-and "partial" blocks where the token rule is evaluated element-wise. The lists are computed
+FlexAttention runs over per-(batch, query head, query block) lists of key blocks: "full" blocks where
+every (query, key) pair is kept and no mask is evaluated, and "partial" blocks where the token rule is
+evaluated element-wise. The lists are computed
 analytically from each head's mode, the padding bounds and the config; XA heads use the block
 selection of `xa.py`. Padding must be one contiguous run of real tokens per row ([start, end)),
 which is what left or right padding gives.
