@@ -405,37 +405,15 @@ def free(device) -> None:
 
 # ------------------------------------------------------------------ table
 
-def fmt(value, spec=".2f"):
-    return "" if value is None else format(value, spec)
-
-
-def print_table(rows) -> None:
-    print("| model | layers | S | batch | MSR | TTFT ms plain | TTFT ms elastic | decode tok/s plain "
-          "(restricted) | plain (SDPA default) | elastic | KV MiB plain | KV MiB elastic | KV full/elastic "
-          "| vs ideal | decode attn ms full / full (kernel) / elastic (SDPA) / elastic (GPU time alone) | compiles |")
-    print("|" + "---|" * 16)
-    for r in rows:
-        head = f"| {r['model']} | {r['layers']} | {r['S']} | {r['batch']} | {r['msr']}"
-        if "skipped" in r or "error" in r:
-            print(f"{head} | {r.get('skipped') or r.get('error')} |" + " |" * 10)
-            continue
-        mib = lambda b: fmt(None if b is None else b / 2**20, ".1f")  # noqa: E731
-        print(f"{head} ({r['msr_actual']:.3f}) | {fmt(r['ttft_plain_ms'])} | {fmt(r['ttft_ms'])} | "
-              f"{fmt(r['decode_tok_s_plain'], '.1f')} | {fmt(r['decode_tok_s_plain_default'], '.1f')} | "
-              f"{fmt(r['decode_tok_s'], '.1f')} | {mib(r['kv_bytes_plain'])} | {mib(r['kv_bytes'])} | "
-              f"{fmt(r['kv_ratio'])} | {fmt(100 * r['kv_ideal_ratio_error'], '+.2f')} % | "
-              f"{attn(r, '_full')} / {attn(r, '_full_kernel')} / {attn(r, '_sdpa')} / {attn(r, '')} | "
-              f"{r['compiles']} |")
-
-
 def print_doc_table(rows) -> None:
-    """The table of docs/benchmarks.md, from a results file (--doc-table)."""
+    """The table a run prints and docs/benchmarks.md shows (--doc-table prints it from a results file)."""
     print("| model | S | batch | MSR | TTFT ms plain / elastic (x) | decode tok/s plain / elastic | KV MiB plain / "
           "elastic (x) | decode attn ms: DynamicCache / full, same kernel / elastic, SDPA / elastic | x DynamicCache"
           " / x full same kernel | GPU time alone ms: full, same kernel / elastic (x) |")
     print("|" + "---|" * 10)
     for r in rows:
-        head = f"| {r['model']} | {r['S'] // 1024}K | {r['batch']} | "
+        length = f"{r['S'] // 1024}K" if r["S"] >= 1024 else str(r["S"])
+        head = f"| {r['model']} | {length} | {r['batch']} | "
         if "skipped" in r or "error" in r:
             print(f"{head}{r['msr']:.2f} | {r.get('skipped') or r.get('error')} |" + " |" * 5)
             continue
@@ -449,12 +427,6 @@ def print_doc_table(rows) -> None:
               f"{mib(r['kv_bytes'])} ({r['kv_ratio']:.2f}) | {r['decode_attn_ms_full']:.3f} / "
               f"{r['decode_attn_ms_full_kernel']:.3f} / {r['decode_attn_ms_sdpa']:.3f} / {r['decode_attn_ms']:.3f} | "
               f"{r['decode_attn_speedup']:.2f} / {r['decode_attn_speedup_kernel']:.2f} | {gpu} |")
-
-
-def attn(row: dict, which: str) -> str:
-    """Decode attention ms of one column: wall clock, and the GPU time alone in parentheses where measured."""
-    gpu = row.get(f"decode_attn_gpu_ms{which}")
-    return fmt(row[f"decode_attn_ms{which}"], ".3f") + ("" if gpu is None else f" ({gpu:.3f} GPU)")
 
 
 # ------------------------------------------------------------------ main
@@ -586,7 +558,7 @@ def main(argv=None):
     print()
     print(f"{card}, {args.dtype}, {args.new_tokens} timed decode steps after {args.warmup_tokens}; "
           f"total {time.perf_counter() - started:.0f} s")
-    print_table(rows)
+    print_doc_table(rows)
     return 0
 
 

@@ -1,13 +1,19 @@
-"""Where a small model's elastic prefill spends its time: host dispatch, sync, kernels.
+"""Where a small model's elastic prefill spends its time: host dispatch, syncs, kernels.
 
-Usage (GPU): PYTHONPATH=src python benchmarks/prefill_overhead.py [--seqs 8192,16384]
-Writes benchmarks/results/prefill_overhead.json (and $OUT/prefill_overhead.json when OUT is set).
-
-For the default model's shape (random weights, batch 1) it times the whole prefill plain, attached
-with every head forced full, and attached at MSR 0.5 / 0.7 under each prefill backend; then one
-layer's attention call (9 / 3 heads, d 64) three ways: from an idle GPU (what a call costs after the
-per-layer routing sync), the host's time alone (perf_counter around the call, no sync), and the GPU
-time alone (calls queued behind matmuls). A torch.profiler table of one MSR 0.7 forward is printed.
+Usage (GPU): PYTHONPATH=src python benchmarks/prefill_overhead.py [--seqs 8192,16384] [--model-only]
+             [--config-only] [--cache] [--profile-rows N | --no-profile]
+Writes benchmarks/results/prefill_overhead.json (and $OUT/prefill_overhead.json when OUT is set); rows
+carry `part`:
+- config: the fused FA/SSA kernel's GPU time per launch config (--configs), next to FlexAttention's kernel
+  and SDPA, on the default model's layer and the 8B layer;
+- layer: one layer's attention call (9 / 3 heads, d 64) per backend, three ways: from an idle GPU, the
+  host's time alone (perf_counter per call, no sync in the loop) and the GPU time alone (calls queued
+  behind matmuls); "auto-old" is "auto" without `possible_modes` (the decisions read on the host);
+- model: the default model's shape (random weights, batch 1), plain, attached forced full, and attached
+  at MSR 0.5 / 0.7 per backend, plus the router deciding; single pass (model_prefill.py alternates);
+- cache (--cache only): the prefill with an ElasticCache against the same prefill without one and the
+  plain model with transformers' cache, in turn over 3 rounds, with the host syncs of each.
+torch.profiler tables (plain-attached full, forced MSR 0.7, router) are printed, not saved.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-import elastic_attention.router as router_module
+import elastic_attention.attention.kernels.router as router_kernel
 import elastic_attention.integrations.hf as hf
 from elastic_attention.adapter import load_router
 from elastic_attention.attention import kernels
@@ -62,15 +62,15 @@ PATHS = ("default", "eager", "masked", "fp32", "nocache", "recompile", "jitter")
 def path_setting(model, path: str):
     """Switch the model to one of PATHS for the duration."""
     rt = runtime_of(model)
-    fused, fast = router_module.fused_supported, rt.fast_prefill
+    fused, fast = router_kernel.fused_tensors, rt.fast_prefill
     if path in ("eager", "masked", "jitter"):
-        router_module.fused_supported = lambda *a: False
+        router_kernel.fused_tensors = lambda *a: None
     if path in ("masked", "jitter"):
         rt.fast_prefill = False
     try:
         yield
     finally:
-        router_module.fused_supported, rt.fast_prefill = fused, fast
+        router_kernel.fused_tensors, rt.fast_prefill = fused, fast
 
 
 @torch.no_grad()

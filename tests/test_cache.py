@@ -251,10 +251,10 @@ def test_held_prompts_past_the_limit_are_compacted_during_the_prefill(monkeypatc
     layer_bytes = 2 * (2 * 40 * 16) * 4  # keys and values of one layer: [1, 2 heads, 40, d 16] fp32
     monkeypatch.setattr(cache_module, "HOLD_BYTES", layer_bytes)  # the second layer's prompt passes it
     built = []
-    real_build = cache_module.build_layouts
-    monkeypatch.setattr(cache_module, "build_layouts",
-                        lambda layers: built.append(sum(layer.prompt is not None for layer in layers))
-                        or real_build(layers))
+    real_build = cache_module.HeldPrompts.build
+    monkeypatch.setattr(cache_module.HeldPrompts, "build",
+                        lambda group: built.append(sum(layer.prompt is not None for layer in group.layers))
+                        or real_build(group))
     cache = ElasticCache(model)
     with force_mode(model, MIXED):
         model(input_ids=ids, use_cache=True, **cache_kw(model, cache))

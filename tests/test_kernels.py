@@ -418,10 +418,15 @@ def test_cpu_fused_backend_names_what_it_needs():
         hybrid_prefill(q, k, k, torch.tensor([[SSA]]), cfg, 0.25, key_padding=pad, backend="fused")
 
 
-def test_cpu_known_full_decisions_skip_the_host_read():
+def test_cpu_known_full_decisions_skip_the_host_read(monkeypatch):
     """possible_modes=(FA,) (every head forced full) runs causal SDPA without looking at the modes."""
     q, k, v, modes, _, valid = _case(3, 1, 4, 2, 50, 16, [FA], "none", CPU_CFG)
+
+    def no_read(t):
+        raise AssertionError("the decisions were read on the host")
+    monkeypatch.setattr(torch.Tensor, "tolist", no_read)
     out, dens = hybrid_prefill(q, k, v, modes, CPU_CFG, 0.25, return_density=True, possible_modes=(FA,))
+    monkeypatch.undo()
     ref = masked_attention(q, k, v, head_masks(modes, _allowed(valid, 50), q, k, 0.25, CPU_CFG), 0.25)
     assert torch.allclose(out, ref, atol=1e-5) and torch.equal(dens, torch.ones(1, 2))
 

@@ -52,8 +52,9 @@ class ElasticCache(Cache):
         max_positions = context_length(model.config)
         layers = [ElasticLayer(module, runtime.config.sink, runtime.config.local, max_positions)
                   for module in attention_modules(model)]
+        group = HeldPrompts(layers)
         for layer in layers:
-            layer.group = layers  # the first layer to need its layout builds every layer's (one host sync)
+            layer.group = group  # the first layer to need its layout builds every layer's (one host sync)
         self._user_defined = False
         super().__init__(layers=layers)
 
@@ -94,7 +95,7 @@ class ElasticLayer(CacheLayerMixin):
         self.prompt: tuple | None = None  # (keys, values, modes, valid) of the prompt, until the layout is built
         self._kv: CompactKV | None = None
         self.batch: int | None = None  # rows of the prompt held
-        self.group: list[ElasticLayer] = [self]
+        self.group = HeldPrompts([self])
         self.full_bytes_per_position = 0  # batch * kv_heads * head_dim * 2 * element size
 
     # -- transformers' side: called by the attention module just before the attention function
@@ -137,7 +138,7 @@ class ElasticLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         self.length, self.pending, self._kv, self.is_initialized = 0, None, None, False
-        self.prompt, self.batch = None, None
+        self.prompt, self.batch, self.group.bytes = None, None, 0
 
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove != 0:
@@ -170,7 +171,7 @@ class ElasticLayer(CacheLayerMixin):
     def kv(self) -> CompactKV | None:
         """The compact layout, built on first use after the prompt (see compact)."""
         if self._kv is None and self.prompt is not None:
-            build_layouts(self.group)
+            self.group.build()
         return self._kv
 
     def owns(self, key: torch.Tensor) -> bool:
@@ -191,17 +192,14 @@ class ElasticLayer(CacheLayerMixin):
         every layer of the prefill a host sync (the host then waits for the GPU and the GPU for the host;
         TTFT 0.6x of the plain model at 16K on the default model, benchmarks/prefill_overhead.py --cache).
         So the prompt's keys are held, as a plain cache holds them, and the first call that needs a layout
-        builds every layer's at once, reading all decisions in one sync (build_layouts); past HOLD_BYTES of
-        held prompts the layers so far are built at once during the prefill."""
+        builds every layer's at once, reading all decisions in one sync (HeldPrompts.build); past HOLD_BYTES
+        of held prompts the layers so far are built at once during the prefill."""
         keys, values = self.pending
         self.pending = None
         self.prompt = (keys, values, modes, valid)
         self.batch = keys.shape[0]
         self.length = keys.shape[2]
-        held = sum(2 * layer.prompt[0].numel() * layer.prompt[0].element_size()
-                   for layer in self.group if layer.prompt is not None)
-        if held > HOLD_BYTES:
-            build_layouts(self.group)
+        self.group.hold(2 * keys.numel() * keys.element_size())
         b, hk, _, d = keys.shape
         self.full_bytes_per_position = b * hk * d * 2 * keys.element_size()
 
@@ -223,18 +221,31 @@ class ElasticLayer(CacheLayerMixin):
         return self.length * self.full_bytes_per_position
 
 
-def build_layouts(layers: list[ElasticLayer]) -> None:
-    """Build the compact layout of every layer still holding its prompt, reading the decisions of all of
-    them in one host sync per device."""
-    waiting = [layer for layer in layers if layer._kv is None and layer.prompt is not None]
-    by_device: dict = {}
-    for layer in waiting:
-        by_device.setdefault(layer.prompt[2].device, []).append(layer)
-    for group in by_device.values():
-        counts = torch.stack([(layer.prompt[2] == SSA).sum() for layer in group]).tolist()
-        for layer, n_ssa in zip(group, counts):
-            layer._kv = CompactKV(*layer.prompt, layer.sink, layer.local, n_ssa=n_ssa)
-            layer.prompt = None
+class HeldPrompts:
+    """The layers of one cache and the bytes of the prompts they hold before their layouts are built."""
+
+    def __init__(self, layers: list[ElasticLayer]):
+        self.layers, self.bytes = layers, 0
+
+    def hold(self, nbytes: int) -> None:
+        """A layer now holds a prompt of nbytes; past HOLD_BYTES every held prompt is compacted."""
+        self.bytes += nbytes
+        if self.bytes > HOLD_BYTES:
+            self.build()
+
+    def build(self) -> None:
+        """Build the compact layout of every layer still holding its prompt, reading the decisions of all
+        of them in one host sync per device."""
+        by_device: dict = {}
+        for layer in self.layers:
+            if layer._kv is None and layer.prompt is not None:
+                by_device.setdefault(layer.prompt[2].device, []).append(layer)
+        for waiting in by_device.values():
+            counts = torch.stack([(layer.prompt[2] == SSA).sum() for layer in waiting]).tolist()
+            for layer, n_ssa in zip(waiting, counts):
+                layer._kv = CompactKV(*layer.prompt, layer.sink, layer.local, n_ssa=n_ssa)
+                layer.prompt = None
+        self.bytes = 0
 
 
 class CompactKV:

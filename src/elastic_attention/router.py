@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .config import ROUTER_NORMS
-from .attention.kernels.router import fused_supported, route_fused
+from .attention.kernels import router as router_kernel
 
 
 def boundary_pool(keys: torch.Tensor, valid: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -78,9 +78,10 @@ class AttentionRouter(nn.Module):
         shift sends more heads to the sparse mode (`elastic_attention.sparsity_bias`).
         Inference on CUDA without padding runs as one Triton kernel (attention/kernels/router.py).
         """
-        if (valid is None and keys.is_cuda and not self.training and not torch.is_grad_enabled()
-                and fused_supported(self, keys)):
-            return route_fused(self, keys, shift)
+        if valid is None and keys.is_cuda and not self.training and not torch.is_grad_enabled():
+            tensors = router_kernel.fused_tensors(self, keys)
+            if tensors is not None:
+                return router_kernel.route_fused(self, keys, shift, tensors)
         logits = self.logits(keys, valid)
         return logits, self.decide(logits if self.training or not shift else logits + shift)
 

@@ -104,25 +104,20 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
     b, hq, s, d = q.shape
     hk = k.shape[1]
     g = hq // hk
-    fused = backend == "fused" or (
-        backend == "auto" and key_padding is None and possible_modes is not None
-        and set(possible_modes) <= {FA, SSA} and set(possible_modes) != {FA}
-        and q.is_cuda and b * hq * s * s * d < FUSED_MAX_WORK and fa_ssa.supported(q, k))
-    if backend == "fused" and bool((modes == XA).any()):
-        raise ValueError("the 'fused' prefill backend runs FA and SSA heads only; with XA heads use "
-                         "backend='auto' or 'flex'")
-    if fused:
+    known = None if possible_modes is None or key_padding is not None else set(possible_modes)
+    if backend == "fused":
         return _fused(q, k, v, modes, config, scale, key_padding, return_density)
-    if backend == "auto" and key_padding is None and possible_modes is not None and set(possible_modes) == {FA}:
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=g > 1)
-        return (out, torch.ones(b, hk, device=q.device)) if return_density else out
+    if (backend == "auto" and known and known <= {FA, SSA} and known != {FA} and q.is_cuda
+            and b * hq * s * s * d < FUSED_MAX_WORK and fa_ssa.supported(q, k)):
+        return fa_ssa.fa_ssa_prefill(q, k, v, modes, config.sink, config.local, scale,
+                                     ssa_density=ssa_density(s, config) if return_density else None)
+    if backend == "auto" and known == {FA}:  # every head full, known without reading the decisions
+        return _causal(q, k, v, scale, return_density)
     padded = key_padding is not None and not bool(key_padding.all())
     modes = modes.to(device=q.device, dtype=torch.int64)
     modes_list = modes.tolist()  # the one host sync of the call
     if not padded and all(m == FA for row in modes_list for m in row):
-        # MSR 0: the fastest causal kernel there is, with nothing else set up before it
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=g > 1)
-        return (out, torch.ones(b, hk, device=q.device)) if return_density else out
+        return _causal(q, k, v, scale, return_density)
     start, end = padding_bounds(key_padding if padded else None, b, s, q.device)
     has_xa = any(XA in row for row in modes_list)
     modes_q = modes.repeat_interleave(g, dim=1)
@@ -199,13 +194,19 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
     return out
 
 
+def _causal(q, k, v, scale, return_density):
+    """MSR 0: the fastest causal kernel there is, with nothing else set up before it."""
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=q.shape[1] > k.shape[1])
+    return (out, torch.ones(q.shape[0], k.shape[1], device=q.device)) if return_density else out
+
+
 def _fused(q, k, v, modes, config, scale, key_padding, return_density):
-    """The "fused" backend: fa_ssa.py's kernel, the density from the decisions on the device."""
+    """The "fused" backend asked for by name: its inputs checked (reading the decisions), then fa_ssa.py."""
+    if bool((modes == XA).any()):
+        raise ValueError("the 'fused' prefill backend runs FA and SSA heads only; with XA heads use "
+                         "backend='auto' or 'flex'")
     if key_padding is not None and not bool(key_padding.all()):
         raise ValueError("the 'fused' prefill backend runs unpadded prompts only; use backend='auto' or 'flex'")
-    if not fa_ssa.supported(q, k):
-        raise ValueError(f"the 'fused' prefill backend needs triton and head_dim in {sorted(fa_ssa.CONFIGS)} "
-                         f"(got q {list(q.shape)}, k {list(k.shape)}); use backend='auto' or 'flex'")
     return fa_ssa.fa_ssa_prefill(q, k, v, modes, config.sink, config.local, scale,
                                  ssa_density=ssa_density(q.shape[2], config) if return_density else None)
 

@@ -138,7 +138,8 @@ def fa_ssa_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, modes: tor
     hk = k.shape[1]
     if not supported(q, k) or v.stride(-1) != 1:
         raise ValueError(f"fa_ssa_prefill runs q [b, hq, s, d] and k, v [b, hk, s, d] of one length with head_dim "
-                         f"in {sorted(CONFIGS)} and the last stride 1; got q {list(q.shape)}, k {list(k.shape)}")
+                         f"in {sorted(CONFIGS)} and the last stride 1; got q {list(q.shape)}, k {list(k.shape)}; "
+                         "hybrid_prefill's backend 'auto' or 'flex' runs other shapes")
     bm, bn, warps, stages = config or CONFIGS[d]
     if bm % bn:
         raise ValueError(f"BLOCK_M={bm} must be a multiple of BLOCK_N={bn}")

@@ -76,8 +76,8 @@ def _tensors(router) -> list[torch.Tensor]:
     """The router's weights and biases in the kernel's order, then its standardisation (when it has one).
 
     Read from the modules' own dicts, every call (so a moved or reassigned tensor is always the current
-    one): walking router.parameters(), or Sequential indexing and Module attribute lookup, cost 40-70 us
-    of host time a layer on a 2-core CPU, more than the kernel's launch."""
+    one): walking router.parameters(), or Sequential indexing and Module attribute lookup, costs a layer
+    more host time than the kernel's launch."""
     linears = [router.task._modules["0"], router.task._modules["2"], router.router._modules["0"],
                router.router._modules["2"], router.router._modules["4"]]
     out = [t for m in linears for t in (m._parameters["weight"], m._parameters["bias"])]
@@ -86,16 +86,19 @@ def _tensors(router) -> list[torch.Tensor]:
     return out
 
 
-def fused_supported(router, keys: torch.Tensor) -> bool:
-    """Whether route_fused can run this router on these keys (else the eager router runs)."""
+def fused_tensors(router, keys: torch.Tensor) -> list[torch.Tensor] | None:
+    """The router's tensors for route_fused when it can run this router on these keys, else None (the
+    eager router runs)."""
     d = keys.shape[-1]
     hidden = router.task._modules["0"].out_features
-    return (HAVE_TRITON and keys.shape[1] > 0 and d >= 16 and d & (d - 1) == 0
-            and hidden % HIDDEN_CHUNK == 0 and keys.stride(-1) == 1
-            and all(p.is_contiguous() for p in _tensors(router)))
+    if not (HAVE_TRITON and keys.shape[1] > 0 and d >= 16 and d & (d - 1) == 0
+            and hidden % HIDDEN_CHUNK == 0 and keys.stride(-1) == 1):
+        return None
+    tensors = _tensors(router)
+    return tensors if all(t.is_contiguous() for t in tensors) else None
 
 
-def route_fused(router, keys: torch.Tensor, shift: float = 0.0):
+def route_fused(router, keys: torch.Tensor, shift: float = 0.0, tensors: list[torch.Tensor] | None = None):
     """keys [b, s, h, d] -> (logits [b, h] fp32, decisions [b, h] fp32), like router(keys, shift=shift) in eval."""
     b, s, h, d = keys.shape
     n = router.pool_tokens
@@ -103,7 +106,7 @@ def route_fused(router, keys: torch.Tensor, shift: float = 0.0):
     out = torch.empty(2, b, h, dtype=torch.float32, device=keys.device)
     norm = router.norm == "standardize"
     # Without standardisation the three pointers are never read: any tensor on the device will do.
-    weights = _tensors(router) + ([] if norm else [out, out, out])
+    weights = (tensors or _tensors(router)) + ([] if norm else [out, out, out])
     _route_fwd[(b * h,)](keys, out, *weights,
                          s, h, n1, n2, keys.stride(0), keys.stride(1), keys.stride(2), float(shift),
                          D=d, HID=router.task._modules["0"].out_features, HB=HIDDEN_CHUNK, BLOCK_T=32, NORM=norm, num_warps=4)
