@@ -46,7 +46,9 @@ is set) and prints a markdown table. A row is one (model, context S, MSR, batch)
   full (MSR 0) decoded by the same kernel: a full cache written in place, no torch.cat
   (decode_attn_speedup_kernel = full_kernel / elastic compares like with like). Wall clock of
   --attn-steps steps between two syncs (host launch cost included, as in a decode step), summed over
-  the layers of the stack (layers with the same number of sparse heads are timed once). The same four
+  the layers of the stack (layers with the same number of sparse heads are timed once); the three
+  CompactKV layouts are timed in turn over --attn-rounds rounds, medians (timed one after the other, the
+  first ran up to 8 % slower on identical layouts in the 2026-12-01 runs). The same four
   as GPU time alone (decode_attn_gpu_ms, _gpu_ms_full, _gpu_ms_full_kernel, _gpu_ms_sdpa; speedups
   decode_attn_gpu_speedup and _gpu_speedup_kernel): --attn-steps steps queued behind matmuls that keep
   the GPU busy while the host launches them (cuda_timing.queued_ms), so the events time the kernels.
@@ -258,22 +260,34 @@ def plain_attention_ms(shape: dict, seq: int, batch: int, steps: int, device, dt
 
 @torch.no_grad()
 def elastic_attention_ms(shape: dict, mask: torch.Tensor, seq: int, batch: int, sink: int, local: int,
-                         steps: int, device, dtype, use_kernel: bool = True) -> tuple:
-    """The same on the ElasticCache layout: CompactKV with each layer's decisions, extend_and_attend
-    (store the token, attend to the kept entries; use_kernel=False: SDPA instead of the decode kernel).
-    Layers with as many sparse heads share one timing. (wall, gpu) ms as per_step_ms, summed over layers."""
+                         steps: int, device, dtype, rounds: int = 3) -> dict:
+    """The same on the ElasticCache layout, three ways: CompactKV with each layer's decisions decoded by the
+    kernel ("elastic"), the same by SDPA ("sdpa", use_kernel=False), and a CompactKV holding every head in
+    full decoded by the kernel ("full_kernel"). Each step stores the token and attends to the kept entries.
+    Layers with as many sparse heads share one timing. The three are timed in turn over `rounds` rounds
+    (medians): what is timed first on a warm GPU ran slower in earlier runs. {name: (wall, gpu)} ms as
+    per_step_ms, summed over the layers."""
     sparse_per_layer = mask.sum(1).tolist()
-    total = (0.0, 0.0)
+    scale = shape["d"] ** -0.5
+    total = {name: (0.0, 0.0) for name in ("elastic", "sdpa", "full_kernel")}
     for n_sparse in sorted(set(sparse_per_layer)):
         keys, values, q, k1, v1 = layer_tensors(shape, seq, batch, device, dtype, seq)
-        modes = torch.where(mask[sparse_per_layer.index(n_sparse)], SSA, FA).to(device).expand(batch, shape["hk"])
-        compact = CompactKV(keys, values, modes, None, sink, local)
-        compact.use_kernel = use_kernel
+        layer_mask = mask[sparse_per_layer.index(n_sparse)]
+        compacts = {}
+        for name, heads in (("elastic", layer_mask), ("sdpa", layer_mask), ("full_kernel", torch.zeros_like(layer_mask))):
+            modes = torch.where(heads, SSA, FA).to(device).expand(batch, shape["hk"])
+            compacts[name] = CompactKV(keys, values, modes, None, sink, local)
+            compacts[name].use_kernel = name != "sdpa"
         del keys, values
-        scale = shape["d"] ** -0.5
-        total = _sum(total, per_step_ms(lambda: compact.extend_and_attend(q, k1, v1, scale), steps, device),
-                     sparse_per_layer.count(n_sparse))
-        del compact
+        times = {name: [] for name in compacts}
+        for _ in range(rounds):
+            for name, compact in compacts.items():
+                times[name].append(per_step_ms(lambda c=compact: c.extend_and_attend(q, k1, v1, scale), steps, device))
+        for name, per_round in times.items():
+            wall = statistics.median(w for w, _ in per_round)
+            gpu = None if per_round[0][1] is None else statistics.median(g for _, g in per_round)
+            total[name] = _sum(total[name], (wall, gpu), sparse_per_layer.count(n_sparse))
+        del compacts
     return total
 
 
@@ -375,12 +389,11 @@ def measure_elastic(model, name, ids, msr, plain, args, device, dtype, watch) ->
     row["flex_cache_entries"] = flex_cache_entries()
     row["recompile_limit"] = recompile_limit()
     row["recompile_limit_hits"] = watch.hits
-    timing = (seq, batch, sink, local, args.attn_steps, device, dtype)
-    row["decode_attn_ms"], row["decode_attn_gpu_ms"] = elastic_attention_ms(shape, mask, *timing)
-    row["decode_attn_ms_sdpa"], row["decode_attn_gpu_ms_sdpa"] = elastic_attention_ms(shape, mask, *timing,
-                                                                                     use_kernel=False)
-    row["decode_attn_ms_full_kernel"], row["decode_attn_gpu_ms_full_kernel"] = elastic_attention_ms(
-        shape, torch.zeros_like(mask), *timing)
+    times = elastic_attention_ms(shape, mask, seq, batch, sink, local, args.attn_steps, device, dtype,
+                                 args.attn_rounds)
+    row["decode_attn_ms"], row["decode_attn_gpu_ms"] = times["elastic"]
+    row["decode_attn_ms_sdpa"], row["decode_attn_gpu_ms_sdpa"] = times["sdpa"]
+    row["decode_attn_ms_full_kernel"], row["decode_attn_gpu_ms_full_kernel"] = times["full_kernel"]
     free(device)
 
     row.update(plain)
@@ -442,7 +455,9 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=32, help="timed decode steps")
     ap.add_argument("--warmup-tokens", type=int, default=4, help="decode steps before the timed ones")
     ap.add_argument("--reps", type=int, default=1, help="timed prefills after the warm-up one (median)")
-    ap.add_argument("--attn-steps", type=int, default=16, help="timed steps of the decode-attention comparison")
+    ap.add_argument("--attn-steps", type=int, default=64, help="timed steps of the decode-attention comparison")
+    ap.add_argument("--attn-rounds", type=int, default=3,
+                    help="rounds of the decode-attention comparison, its three layouts in turn (median)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     ap.add_argument("--max-kv-gb", type=float, default=100.0, help="skip rows whose plain K/V cache exceeds this")

@@ -133,8 +133,9 @@ def model_rows(seq, backends, profile):
                 try:
                     with ea.force_mode(model, mask):
                         t = warm_median_ms(fwd, 10)
+                        syncs = host_syncs(fwd)
                     rows.append(dict(S=seq, what=f"MSR {msr}", backend=backend, plain_ms=plain, elastic_ms=t,
-                                     speedup=plain / t))
+                                     speedup=plain / t, host_syncs=syncs))
                 except Exception as e:
                     rows.append(dict(S=seq, what=f"MSR {msr}", backend=backend,
                                      error=f"{type(e).__name__}: {str(e)[:160]}"))

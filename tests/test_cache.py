@@ -2,6 +2,7 @@
 prompt's decisions held fixed; its memory follows the formula; bad uses raise errors that name the fix."""
 
 import inspect
+import random
 
 import pytest
 import torch
@@ -376,7 +377,8 @@ from elastic_attention.attention.kernels import decode
 from elastic_attention.attention.masks import FA, SSA
 
 decode.MIN_CHUNK = decode.BLOCK_N  # small chunks: several per pair at these lengths
-decode.MAX_CHUNKS = 4  # and the cap on chunks a pair reached
+decode.MAX_CHUNKS = 6  # and the cap on chunks a pair reached
+decode.MERGE = 64  # the merge walks a pair's chunks over several loads (1 or 2 chunks a load here)
 C.FA_ROOM = 3  # FA buffers run out of room within the steps
 torch.manual_seed(0)
 cases = [  # b, hk, groups, prompt, d, sink, local, steps, modes
@@ -407,6 +409,29 @@ print("DECODE_OK")
 def test_cpu_decode_kernel_in_interpreter():
     """The decode kernel equals the SDPA path (TRITON_INTERPRET=1: needs the triton package, no GPU)."""
     run_in_triton_interpreter(_DECODE_SCRIPT, "DECODE_OK")
+
+
+def test_decode_chunks_cover_the_keys_within_the_program_budget():
+    """The decode kernel's split: one chunk length in whole blocks, every key of every pair covered, at most
+    the program budget (or one program a pair when the pairs alone are more), no more than MAX_CHUNKS a pair."""
+    dec = cache_module.decode
+    rng = random.Random(0)
+    for _ in range(500):
+        n_fa, n_ssa = rng.randint(0, 40), rng.randint(0, 40)
+        fa_len, ssa_len = rng.randint(1, 300_000), rng.randint(1, 2200)
+        programs, block_n = rng.choice([16, 132, 264]), rng.choice([32, 64, 128])
+        chunk, sf, ss = dec._chunks(fa_len, n_fa, ssa_len, n_ssa, programs, block_n)
+        longest = max(fa_len if n_fa else 0, ssa_len if n_ssa else 0)
+        assert chunk % block_n == 0 and chunk >= dec.MIN_CHUNK
+        assert chunk < max(longest, dec.MIN_CHUNK) + block_n  # no program walks past the longest pair's keys
+        assert sf * chunk >= fa_len or not n_fa
+        assert ss * chunk >= ssa_len or not n_ssa
+        assert max(sf if n_fa else 1, ss if n_ssa else 1) <= max(dec.MAX_CHUNKS, 1)
+        total = n_fa * sf + n_ssa * ss
+        assert total <= max(programs, n_fa + n_ssa) or chunk >= longest, (n_fa, fa_len, n_ssa, ssa_len, chunk)
+        if chunk - block_n >= max(dec.MIN_CHUNK, -(-longest // dec.MAX_CHUNKS)):  # a shorter chunk was possible:
+            shorter = chunk - block_n  # it had to make too many programs
+            assert n_fa * -(-fa_len // shorter) + n_ssa * -(-ssa_len // shorter) > max(programs, n_fa + n_ssa)
 
 
 def test_decode_kernel_only_where_it_applies():

@@ -4,14 +4,19 @@ CompactKV (cache.py) keeps FA pairs (batch row, KV head) in [fa pairs, capacity,
 `fa_len` positions used, and SSA pairs in [ssa pairs, width, d] buffers of at most sink + local slots.
 A decode step is memory-bound, and at long contexts a handful of FA pairs hold most of the bytes: one
 thread block per pair (what SDPA gives a [pairs, 1, groups, d] query) leaves most of the GPU idle. So,
-as flash-decoding does, the keys are split into chunks. One launch, one program per (pair, chunk of its keys), FA and SSA pairs alike: the pair's query heads
-(its GQA group, stacked as rows and padded to 16 for tl.dot) against the chunk's cached keys; each
-program writes its chunk's max score, exp-sum and weighted values (fp32, base-2 exponent) and counts
-itself in with an atomic add. The pair's last program to arrive merges the pair's chunks (at most
-MAX_CHUNKS, one load a query head) with the new token itself (read from this step's key and value),
-writes the outputs, and stores the new token in its slot: no chunk of the step reads that slot (FA:
-past the keys; SSA: skipped). One launch a layer and step, because at decode the host's launch cost,
-not the GPU, sets the pace.
+as flash-decoding does, the keys are split into chunks. One launch, one program per (pair, chunk of its
+keys), FA and SSA pairs alike: the pair's query heads (its GQA group, stacked as rows and padded to 16
+for tl.dot) against the chunk's cached keys; each program writes its chunk's max score, exp-sum and
+weighted values (fp32, base-2 exponent) and counts itself in with an atomic add. The pair's last
+program to arrive merges the pair's chunks (all its query heads at once, MERGE values a load) with the
+new token itself (read from this step's key and value), writes the outputs, and stores the new token in
+its slot: no chunk of the step reads that slot (FA: past the keys; SSA: skipped). One launch a layer and
+step, because at decode the host's launch cost, not the GPU, sets the pace.
+
+Every chunk, FA or SSA, has one length, and a launch has at most PROGRAMS_PER_SM programs an SM: the
+programs read about as many bytes each and run as one wave. Sizing the FA and SSA sides apart (as this
+kernel first did) gave 2-3 FA pairs a wave and a half of unequal chunks at 128K, and the step ran at
+about 56 % of the full cache's bandwidth (benchmarks/decode_kernel.py, docs/benchmarks.md).
 
 In a full SSA buffer the new token's slot holds the key that has just left the window: the chunks skip
 that slot. Checked against CompactKV's SDPA path in tests (GPU, and on CPU under
@@ -29,9 +34,12 @@ try:
 except ImportError:  # CPU-only installs
     HAVE_TRITON = False
 
-BLOCK_N = 64  # keys per inner step
+BLOCK_N = 128  # keys per inner step (fewer for head_dim > 128: a K and a V tile per stage fit in shared memory)
 MIN_CHUNK = 256  # keys per program at least: below it the partial results cost more traffic than they save
-MAX_CHUNKS = 128  # chunks a pair at most: the merge reads them in one load
+MAX_CHUNKS = 1024  # chunks a pair at most (the merge walks them MERGE at a time)
+MERGE = 16384  # partial results (fp32 values) the merging program loads at once
+PROGRAMS_PER_SM = 1  # programs a launch aims at, per SM: one wave (benchmarks/decode_kernel.py)
+NUM_WARPS, NUM_STAGES = 4, 3
 _SMS: dict = {}
 _WORK: dict = {}  # per device: the partial results' buffers, reused step after step
 
@@ -41,7 +49,7 @@ if HAVE_TRITON:
     def _decode(Q, K1, V1, O, KF, VF, KS, VS, ROWS, HEADS, M_W, L_W, ACC_W, ARRIVED, qk_scale,
                 HK, CAP_F, WIDTH_S, NF, SF, CHUNK_F, LEN_F, SS, CHUNK_S, LEN_S, SLOT_S,
                 G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_S: tl.constexpr):
+                GROUP_P: tl.constexpr, BLOCK_S: tl.constexpr):
         pid = tl.program_id(0)
         if pid < NF * SF:  # a chunk of an FA pair's keys
             pair = pid // SF
@@ -74,10 +82,17 @@ if HAVE_TRITON:
         offs_d = tl.arange(0, HEAD_DIM)
         g_ok = offs_g < G
         q = tl.load(Q + (q_row + offs_g[:, None]) * HEAD_DIM + offs_d[None, :], mask=g_ok[:, None], other=0.0)
+        # The new token and its scores, loaded before the keys: the merge at the end then waits on no load.
+        k1 = tl.load(K1 + kv_row * HEAD_DIM + offs_d)
+        v1 = tl.load(V1 + kv_row * HEAD_DIM + offs_d)
+        offs_p = tl.arange(0, GROUP_P)
+        p_ok = offs_p < G
+        q_all = tl.load(Q + (q_row + offs_p[:, None]) * HEAD_DIM + offs_d[None, :], mask=p_ok[:, None], other=0.0)
+        top = tl.sum(q_all.to(tl.float32) * k1.to(tl.float32)[None, :], 1) * qk_scale  # the new token's score
         m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
-        for n0 in range(0, chunk, BLOCK_N):  # the last chunk of a pair may run past the keys: masked
+        for n0 in range(0, tl.minimum(chunk, end - start), BLOCK_N):  # a pair's last chunk stops at its keys
             offs_n = start + n0 + tl.arange(0, BLOCK_N)
             ok = (offs_n < end) & (offs_n != skip)
             k = tl.load(k_base + offs_n[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :], mask=ok[:, None],
@@ -93,31 +108,33 @@ if HAVE_TRITON:
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
-        tl.store(M_W + pid * BLOCK_G + offs_g, m_i)
-        tl.store(L_W + pid * BLOCK_G + offs_g, l_i)
-        tl.store(ACC_W + (pid * BLOCK_G + offs_g[:, None]) * HEAD_DIM + offs_d[None, :], acc)
+        tl.store(M_W + pid * G + offs_g, m_i, mask=g_ok)  # the group's rows only, not the padding
+        tl.store(L_W + pid * G + offs_g, l_i, mask=g_ok)
+        tl.store(ACC_W + (pid * G + offs_g[:, None]) * HEAD_DIM + offs_d[None, :], acc, mask=g_ok[:, None])
 
         # The pair's last chunk to finish merges them all (acq_rel: it sees every chunk's stores).
         if tl.atomic_add(ARRIVED + pair, 1) == chunks - 1:
             tl.store(ARRIVED + pair, 0)  # ready for the next step
-            k1 = tl.load(K1 + kv_row * HEAD_DIM + offs_d)
-            v1 = tl.load(V1 + kv_row * HEAD_DIM + offs_d)
+            # All of the group's query heads at once: a load of BLOCK_S chunks x GROUP_P heads a round.
             offs_s = tl.arange(0, BLOCK_S)
-            part = first + offs_s
-            s_ok = offs_s < chunks  # at most BLOCK_S chunks a pair: one load each
-            for gi in tl.static_range(G):
-                q_g = tl.load(Q + (q_row + gi) * HEAD_DIM + offs_d).to(tl.float32)
-                s_new = tl.sum(q_g * k1.to(tl.float32), 0) * qk_scale  # the new token: every head sees it
-                m_c = tl.load(M_W + part * BLOCK_G + gi, mask=s_ok, other=float("-inf"), cache_modifier=".cg")
-                l_c = tl.load(L_W + part * BLOCK_G + gi, mask=s_ok, other=0.0, cache_modifier=".cg")
-                a_c = tl.load(ACC_W + (part[:, None] * BLOCK_G + gi) * HEAD_DIM + offs_d[None, :],
-                              mask=s_ok[:, None], other=0.0, cache_modifier=".cg")
-                top = tl.maximum(tl.max(m_c, 0), s_new)  # finite: s_new is
-                w_c = tl.math.exp2(m_c - top)
-                w_new = tl.math.exp2(s_new - top)
-                den = tl.sum(l_c * w_c, 0) + w_new
-                num = tl.sum(a_c * w_c[:, None], 0) + v1.to(tl.float32) * w_new
-                tl.store(O + (q_row + gi) * HEAD_DIM + offs_d, (num / den).to(O.dtype.element_ty))
+            den = tl.full([GROUP_P], 1.0, tl.float32)  # its weight exp2(score - top), top its own score so far
+            num = tl.zeros([GROUP_P, HEAD_DIM], tl.float32) + v1.to(tl.float32)[None, :]
+            for c0 in range(0, chunks, BLOCK_S):  # the pair's chunks, merged online
+                part = first + c0 + offs_s
+                ok = (c0 + offs_s < chunks)[:, None] & p_ok[None, :]
+                at = part[:, None] * G + offs_p[None, :]  # [chunks, heads] rows of the partial results
+                m_c = tl.load(M_W + at, mask=ok, other=float("-inf"), cache_modifier=".cg")
+                l_c = tl.load(L_W + at, mask=ok, other=0.0, cache_modifier=".cg")
+                a_c = tl.load(ACC_W + at[:, :, None] * HEAD_DIM + offs_d[None, None, :], mask=ok[:, :, None],
+                              other=0.0, cache_modifier=".cg")
+                new_top = tl.maximum(tl.max(m_c, 0), top)  # finite: the new token's score is
+                w_c = tl.math.exp2(m_c - new_top[None, :])
+                old = tl.math.exp2(top - new_top)
+                den = den * old + tl.sum(l_c * w_c, 0)
+                num = num * old[:, None] + tl.sum(a_c * w_c[:, :, None], 0)
+                top = new_top
+            tl.store(O + (q_row + offs_p[:, None]) * HEAD_DIM + offs_d[None, :],
+                     (num / den[:, None]).to(O.dtype.element_ty), mask=p_ok[:, None])
             # the new token into its slot: no chunk of this step reads it (FA: past the keys; SSA: skipped)
             tl.store(k_base + slot.to(tl.int64) * HEAD_DIM + offs_d, k1)
             tl.store(v_base + slot.to(tl.int64) * HEAD_DIM + offs_d, v1)
@@ -131,31 +148,34 @@ def _sm_count(device) -> int:
     return _SMS[device]
 
 
-def _chunks(length: int, pairs: int, programs: int) -> tuple[int, int]:
-    """(keys a chunk, chunks a pair): the pairs' keys spread over about `programs` programs, in whole
-    BLOCK_Ns, at least MIN_CHUNK keys and at most MAX_CHUNKS chunks a pair."""
-    if pairs == 0 or length == 0:
-        return MIN_CHUNK, 1
-    per_pair = min(MAX_CHUNKS, max(1, -(-programs // pairs)), -(-length // MIN_CHUNK))
-    chunk = -(-length // per_pair)
-    chunk = -(-chunk // BLOCK_N) * BLOCK_N
-    return chunk, -(-length // chunk)
+def _chunks(fa_len: int, n_fa: int, ssa_len: int, n_ssa: int, programs: int, block_n: int) -> tuple[int, int, int]:
+    """(keys a chunk, chunks an FA pair, chunks an SSA pair): one chunk length for both sides, the shortest
+    in whole block_ns (at least MIN_CHUNK keys, at most MAX_CHUNKS chunks a pair) whose chunks make at most
+    `programs` programs, or at most one a pair when the pairs alone are more."""
+    fa_len, ssa_len = fa_len if n_fa else 0, ssa_len if n_ssa else 0
+    count = lambda c: n_fa * -(-fa_len // c) + n_ssa * -(-ssa_len // c)  # noqa: E731
+    keys = n_fa * fa_len + n_ssa * ssa_len
+    longest = max(fa_len, ssa_len)
+    chunk = max(MIN_CHUNK, min(-(-keys // max(programs, 1)), longest), -(-longest // MAX_CHUNKS))
+    chunk = -(-chunk // block_n) * block_n
+    while count(chunk) > max(programs, n_fa + n_ssa) and chunk < longest:
+        chunk += block_n  # a pair's last chunk may be short: a few steps up at most
+    return chunk, max(1, -(-fa_len // chunk)), max(1, -(-ssa_len // chunk))
 
 
-def _workspace(device, parts: int, pairs: int, block_g: int, d: int):
-    """m, l [parts, block_g], acc [parts, block_g, d] (fp32) and the arrival counters [pairs] (int32, zero
-    between steps: the kernel resets them), views of buffers kept per device. A step's kernel uses them
-    in stream order, so the next step may reuse them; decode steps on two streams of one device at once
-    would share them (generation runs on one stream)."""
-    need = parts * block_g * (d + 2)
+def _workspace(device, parts: int, pairs: int, g: int, d: int):
+    """m, l [parts, g], acc [parts, g, d] (fp32) and the arrival counters [pairs] (int32, zero between
+    steps: the kernel resets them), views of buffers kept per device. A step's kernel uses them in stream
+    order, so the next step may reuse them; decode steps on two streams of one device at once would share
+    them (generation runs on one stream)."""
+    need = parts * g * (d + 2)
     work = _WORK.get(device)
     if work is None or work[0].numel() < need or work[1].numel() < pairs:
         work = _WORK[device] = (torch.empty(max(need, 1 << 20), device=device, dtype=torch.float32),
                                 torch.zeros(max(pairs, 1024), device=device, dtype=torch.int32))
     buf, arrived = work
-    n = parts * block_g
-    return (buf[:n].view(parts, block_g), buf[n:2 * n].view(parts, block_g),
-            buf[2 * n:need].view(parts, block_g, d), arrived)
+    n = parts * g
+    return buf[:n].view(parts, g), buf[n:2 * n].view(parts, g), buf[2 * n:need].view(parts, g, d), arrived
 
 
 def decode_step(query, key, value, fa_keys, fa_values, fa_len: int, ssa_keys, ssa_values, ssa_len: int,
@@ -189,16 +209,17 @@ def decode_step(query, key, value, fa_keys, fa_values, fa_len: int, ssa_keys, ss
         fa_keys, fa_values = ssa_keys, ssa_values
     if n_ssa == 0:
         ssa_keys, ssa_values = fa_keys, fa_values
-    programs = 4 * _sm_count(query.device)
-    chunk_f, sf = _chunks(fa_len, n_fa, programs)
-    chunk_s, ss = _chunks(ssa_len, n_ssa, programs)
+    block_n = min(BLOCK_N, max(16, 16384 // d))
+    chunk, sf, ss = _chunks(fa_len, n_fa, ssa_len, n_ssa, PROGRAMS_PER_SM * _sm_count(query.device), block_n)
     parts = n_fa * sf + n_ssa * ss
     block_g = max(16, triton.next_power_of_2(g))
-    m, lsum, acc, arrived = _workspace(query.device, parts, n_fa + n_ssa, block_g, d)
+    group_p = triton.next_power_of_2(g)
+    m, lsum, acc, arrived = _workspace(query.device, parts, n_fa + n_ssa, g, d)
     out = torch.empty_like(query)
     _decode[(parts,)](query, key, value, out, fa_keys, fa_values, ssa_keys, ssa_values, rows, heads,
                       m, lsum, acc, arrived, scale * 1.4426950408889634,  # base-2 exponent
-                      hk, fa_keys.shape[1], ssa_keys.shape[1], n_fa, sf, chunk_f, fa_len, ss, chunk_s, ssa_len,
-                      ssa_slot, G=g, HEAD_DIM=d, BLOCK_G=block_g, BLOCK_N=BLOCK_N, BLOCK_S=MAX_CHUNKS,
-                      num_warps=4)
+                      hk, fa_keys.shape[1], ssa_keys.shape[1], n_fa, sf, chunk, fa_len, ss, chunk, ssa_len,
+                      ssa_slot, G=g, HEAD_DIM=d, BLOCK_G=block_g, BLOCK_N=block_n,
+                      GROUP_P=group_p, BLOCK_S=max(1, MERGE // (group_p * d)),
+                      num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return out
