@@ -387,6 +387,7 @@ cases = [  # b, hk, groups, prompt, d, sink, local, steps, modes
     (2, 2, 2, 300, 16, 4, 16, 4, [[FA, SSA], [SSA, FA]]),
     (1, 2, 2, 30, 16, 4, 8, 3, [[SSA, SSA]]),
     (1, 2, 2, 30, 16, 4, 8, 3, [[FA, FA]]),
+    (2, 2, 1, 90, 16, 4, 8, 3, [[FA, SSA], [SSA, SSA]]),  # one query head a KV head (no GQA)
 ]
 for b, hk, g, s, d, sink, local, steps, modes in cases:
     keys, values = torch.randn(b, hk, s, d), torch.randn(b, hk, s, d)

@@ -8,6 +8,8 @@ import torch
 
 import elastic_attention as ea
 from elastic_attention import ElasticConfig, attach, force_mode, routing_stats
+from elastic_attention.attention import SSA, XA
+from elastic_attention.gate import StaticGate, use_gate
 from helpers import brute_allowed, brute_ssa, padded_batch, ssa_4d_mask, tiny_model
 
 MODEL_TYPES = ["llama", "qwen2", "qwen3", "mistral"]
@@ -221,6 +223,53 @@ def test_per_row_force_mode_replays_a_batch_routing():
         assert torch.equal(routing_stats(model).decisions, per_row)
         with pytest.raises(ValueError, match="batch of 2.*batch of 1"):
             model(ids[:1], attention_mask=mask[:1])
+
+
+def test_forced_routing_follows_the_mask_batch_and_config():
+    """The forced decisions are built once and reused: a new mask, batch size or mode config rebuilds them."""
+    model = attach(tiny_model("llama", seed=7), ElasticConfig(sink=4, local=8))
+    rt = model.elastic_runtime
+    ids, mask = batch("none")
+    first = torch.tensor([[True, False], [False, True]])
+    second = torch.tensor([[False, False], [True, True]])
+
+    def run(rows):
+        with torch.no_grad():
+            model(ids[:rows], attention_mask=mask[:rows])
+        return routing_stats(model).decisions, torch.stack([s.modes for s in rt.layers], 1)
+
+    with force_mode(model, first):
+        decisions, modes = run(2)
+        assert torch.equal(decisions, first.expand(2, 2, 2)) and torch.equal(modes, first.long().expand(2, 2, 2))
+        kept = rt.layers[1].modes
+        run(2)
+        assert rt.layers[1].modes is kept  # reused, not rebuilt
+        assert torch.equal(run(1)[0], first[None])
+        rt.config.retrieval_mode = "xa"
+        assert torch.equal(run(1)[1], torch.where(first, SSA, XA)[None])
+        rt.config.retrieval_mode = "fa"
+    with force_mode(model, second):
+        assert torch.equal(run(2)[0], second.expand(2, 2, 2))
+
+
+def test_keys_are_hooked_only_while_the_routers_decide():
+    model = attach(tiny_model("llama"), CFG)
+    k_projs = [layer.self_attn.k_proj for layer in model.model.layers]
+    hooked = lambda: [bool(k._forward_hooks) for k in k_projs]  # noqa: E731
+    assert hooked() == [True, True]
+    with force_mode(model, "full"):
+        assert hooked() == [False, False]
+        with force_mode(model, "router"):
+            assert hooked() == [True, True]
+        assert hooked() == [False, False]
+    use_gate(model, StaticGate(2, 2))
+    assert hooked() == [False, False]
+    use_gate(model, None)
+    assert hooked() == [True, True]
+    ids, mask = batch("none")
+    with torch.no_grad():
+        model(ids, attention_mask=mask)
+    assert routing_stats(model).logits is not None  # the routers decided on the captured keys
 
 
 def test_force_mode_on_unattached_model_raises():

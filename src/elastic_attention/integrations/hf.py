@@ -1,13 +1,16 @@
 """How a transformers model gets routers: hooks and one registered attention function.
 
 `attach` adds an `AttentionRouter` to every attention module (as the submodule `elastic_router`),
-hooks its k_proj (or k_norm where the architecture has one) to see the pre-RoPE keys, and
-switches the model to the attention implementation "elastic" registered in transformers'
-attention-function registry. Nothing of the modeling code is copied: new transformers releases
-keep working as long as the attention module calls the registry.
+hooks its k_proj (or k_norm where the architecture has one) to see the pre-RoPE keys while the
+routers decide (not while a mode is forced or a static gate routes), and switches the model to the
+attention implementation "elastic" registered in transformers' attention-function registry. Nothing
+of the modeling code is copied: new transformers releases keep working as long as the attention
+module calls the registry.
 """
 
 from __future__ import annotations
+
+import struct
 
 import torch
 from torch import nn
@@ -32,8 +35,8 @@ class Runtime:
         self.previous_attn = previous_attn
         self.num_layers = num_layers
         self.kv_heads = kv_heads
-        self.forced: str | torch.Tensor | None = None  # None = router (or gate) decides
-        self.gate = None  # a StaticGate routes instead of the routers when set (see gate.py)
+        self._forced: str | torch.Tensor | None = None  # None = router (or gate) decides
+        self._gate = None  # a StaticGate routes instead of the routers when set (see gate.py)
         self.backend = "sdpa"  # attention backend of the masked path ("sdpa" or "reference")
         self.fast_prefill = True  # on CUDA, prefill runs the fused kernels of attention/kernels
         self.capture_last_row = False  # retrieval scores need the last query's attention probs
@@ -43,24 +46,86 @@ class Runtime:
         self.route_mask: torch.Tensor | None = None
         self.layers: list[LayerState] = []
         self.frozen: dict[str, bool] = {}  # requires_grad of backbone parameters before attach
-        self._device_copy: tuple | None = None  # (host tensor, device tensor) of the forced mask
+        self.empty_hook = None  # the empty-prompt check on the first layer's attention module
+        self._forced_layers: dict = {}  # device -> (key, per-layer routing) of the forced mode, see forced_routing
 
-    def forced_on(self, device) -> torch.Tensor:
-        """The forced mask as fp32 on `device`, copied once per mask rather than once per layer: a copy
-        from pageable host memory waits for the GPU, which made every layer a sync."""
-        cached = self._device_copy
-        if cached is None or cached[0] is not self.forced or cached[1].device != torch.device(device):
-            cached = self._device_copy = (self.forced, self.forced.to(device, torch.float32))
+    @property
+    def forced(self) -> str | torch.Tensor | None:
+        return self._forced
+
+    @forced.setter
+    def forced(self, value) -> None:
+        self._forced = value
+        self._forced_layers = {}
+        self.capture_keys()
+
+    @property
+    def gate(self):
+        return self._gate
+
+    @gate.setter
+    def gate(self, value) -> None:
+        self._gate = value
+        self.capture_keys()
+
+    def capture_keys(self) -> None:
+        """Hook the layers' key projections only while the routers decide: a hook costs host time in every
+        layer, and a forced mode or a gate never reads the keys."""
+        on = self._forced is None and self._gate is None
+        for state in self.layers:
+            state.capture_keys(on)
+
+    def forced_routing(self, batch: int, device: torch.device) -> tuple:
+        """Layer by layer, (decisions, modes, possible modes, density or None) of the forced mode.
+
+        Built for all layers at once, per device (a model split across GPUs), and kept while the forced mode,
+        batch size and the config's modes stay, rather than a few ops in every layer of every prefill (each op
+        costs host time). The tensors are shared across layers and calls: read them, never write them."""
+        cfg = self.config
+        key = (batch, cfg.sparse_mode, cfg.retrieval_mode)
+        cached = self._forced_layers.get(device)
+        if cached is None or cached[0] != key:
+            cached = self._forced_layers[device] = (key, self._build_forced(batch, device))
         return cached[1]
+
+    def _build_forced(self, batch: int, device: torch.device) -> tuple:
+        forced, cfg = self._forced, self.config
+        if isinstance(forced, torch.Tensor):
+            if forced.ndim == 3 and forced.shape[0] != batch:
+                raise ValueError(f"force_mode was given decisions for a batch of {forced.shape[0]} but the model "
+                                 f"was called with a batch of {batch}; pass a [layers, kv_heads] mask to use "
+                                 "the same heads for every row")
+            r = forced.to(device, torch.float32)  # one copy per mask: from pageable memory it waits for the GPU
+            r = r.transpose(0, 1) if r.ndim == 3 else r[:, None].expand(-1, batch, -1)  # [layers, b, hk]
+        else:
+            r = torch.full((self.num_layers, batch, self.kv_heads), 1.0 if forced == "sparse" else 0.0, device=device)
+        if isinstance(forced, str) and forced == "full":
+            modes = torch.full(r.shape, FA, device=device)
+            possible = (FA,)
+            density = torch.ones(batch, self.kv_heads, dtype=torch.float32, device=device)  # padded or not
+        else:
+            sparse, kept = MODE_IDS[cfg.sparse_mode], MODE_IDS[cfg.retrieval_mode]
+            modes = _modes(r, sparse, kept).contiguous()  # each layer's modes contiguous, as the kernels take them
+            possible, density = (sparse, kept), None
+        return tuple((r[i], modes[i], possible, density) for i in range(self.num_layers))
+
+
+def _modes(r: torch.Tensor, sparse: int, kept: int) -> torch.Tensor:
+    """Decisions r (1 = sparse) -> mode ids."""
+    if (kept, sparse) == (FA, SSA):  # the ids are the decisions: one op (each costs host time)
+        return (r > 0.5).long()
+    return torch.where(r > 0.5, sparse, kept)
 
 
 class LayerState:
     """Per layer: the captured pre-RoPE keys and the decisions of the last prefill."""
 
-    def __init__(self, layer_idx: int, runtime: Runtime, router: AttentionRouter):
+    def __init__(self, layer_idx: int, runtime: Runtime, router: AttentionRouter, key_source: nn.Module):
         self.layer_idx = layer_idx
         self.runtime = runtime
         self.router = router
+        self.key_source = key_source  # the module whose output the router reads (k_proj, or k_norm)
+        self.hook = None  # the forward hook on key_source while the router decides
         self.keys: torch.Tensor | None = None
         self.logits: torch.Tensor | None = None  # [b, hk] router logits (None when forced)
         self.decisions: torch.Tensor | None = None  # [b, hk] float r, straight-through in training
@@ -70,46 +135,41 @@ class LayerState:
         self.last_row: torch.Tensor | None = None  # [b, hq, kv] probs of the last query
         self.cache_layer = None  # set by an ElasticCache layer's update for the attention call that follows
 
+    def capture_keys(self, on: bool) -> None:
+        if on and self.hook is None:
+            self.hook = self.key_source.register_forward_hook(_capture_keys(self))
+        elif not on and self.hook is not None:
+            self.hook.remove()
+            self.hook = self.keys = None
+
     def route(self, valid: torch.Tensor | None, batch: int, device) -> None:
-        """Decide every KV head's mode for this prefill. valid: [b, s] real (non-padding) keys or None."""
-        rt, hk = self.runtime, self.runtime.kv_heads
-        if rt.forced is None and rt.gate is not None:
-            self.logits = None
+        """Decide every KV head's mode for this prefill. valid: [b, s] real (non-padding) keys or None.
+        Sets the density too where it is known before attention (every head full), else None."""
+        rt = self.runtime
+        self.logits = None
+        if rt.forced is not None:
+            routing = rt.forced_routing(batch, device)
+            self.decisions, self.modes, self.possible_modes, self.density = routing[self.layer_idx]
+            return
+        if rt.gate is not None:
             r = rt.gate.decide(self.layer_idx, batch, rt.sparsity_bias)
-        elif rt.forced is None:
+        else:
             if self.keys is None:
                 raise RuntimeError(f"layer {self.layer_idx}: no key states were captured for the router; "
                                    "was the model called through its forward()?")
-            keys = self.keys.reshape(self.keys.shape[0], self.keys.shape[1], hk, -1)
+            keys = self.keys.reshape(self.keys.shape[0], self.keys.shape[1], rt.kv_heads, -1)
             if rt.route_mask is not None:
                 valid = rt.route_mask.to(keys.device)
             if valid is not None:
                 valid = valid[:, -keys.shape[1]:]
             self.logits, r = self.router(keys, valid, rt.sparsity_bias)
-        elif isinstance(rt.forced, torch.Tensor):
-            self.logits = None
-            forced = rt.forced[..., self.layer_idx, :]  # [hk], or [b, hk] for a per-row mask
-            if forced.ndim == 2 and forced.shape[0] != batch:
-                raise ValueError(f"force_mode was given decisions for a batch of {forced.shape[0]} but the model "
-                                 f"was called with a batch of {batch}; pass a [layers, kv_heads] mask to use "
-                                 "the same heads for every row")
-            r = rt.forced_on(device)[..., self.layer_idx, :].expand(batch, hk)
-        else:
-            self.logits = None
-            r = torch.full((batch, hk), 1.0 if rt.forced == "sparse" else 0.0, device=device)
+        cfg = rt.config
+        sparse, kept = MODE_IDS[cfg.sparse_mode], MODE_IDS[cfg.retrieval_mode]
         self.decisions = r
-        if rt.forced == "full":
-            self.modes = torch.full((batch, hk), FA, device=device)
-            self.possible_modes = (FA,)
-        else:
-            cfg = rt.config
-            sparse, kept = MODE_IDS[cfg.sparse_mode], MODE_IDS[cfg.retrieval_mode]
-            if (kept, sparse) == (FA, SSA):  # the ids are the decisions: one op (each costs host time)
-                self.modes = (r > 0.5).long()
-            else:
-                self.modes = torch.where(r > 0.5, sparse, kept)
-            # known without reading the decisions back: the prefill kernels need no host sync
-            self.possible_modes = (MODE_IDS[cfg.sparse_mode], MODE_IDS[cfg.retrieval_mode])
+        self.modes = _modes(r, sparse, kept)
+        # known without reading the decisions back: the prefill kernels need no host sync
+        self.possible_modes = (sparse, kept)
+        self.density = None
 
 
 class ModeMasks:
@@ -139,15 +199,17 @@ class ModeMasks:
                 self.cache[mode] = mode_mask(mode, self.allowed, self.query, self.key, self.scale, self.config)
         return self.cache[mode]
 
-    def density(self, modes: torch.Tensor) -> torch.Tensor:
-        """[b, hk] fraction of the allowed (query, key) pairs each head's mode keeps."""
+    def density(self, modes: torch.Tensor, possible: tuple[int, ...] = (FA, SSA, XA)) -> torch.Tensor:
+        """[b, hk] fraction of the allowed (query, key) pairs each head's mode keeps; possible: the modes
+        `modes` can hold (a router's two, known on the host), so that an XA-free config reads nothing back."""
         b, hk = modes.shape
         _, sq, skv = self.shape
-        if self.plain_causal and sq == skv and not bool((modes == XA).any()):
-            # Unpadded prefill: the pairs are counted, not masked, with the same fp32 division as below.
-            total = torch.tensor(sq * (sq + 1) // 2).float()
-            kept = torch.tensor(ssa_pair_count(sq, self.config.sink, self.config.local)).float() / total
-            return torch.where(modes == SSA, kept.to(modes.device), 1.0)
+        if self.plain_causal and sq == skv and (XA not in possible or not bool((modes == XA).any())):
+            # Unpadded prefill: the pairs are counted, not masked, with the same fp32 division as below, done
+            # on the host (a quotient of floats rounded from double to fp32 is the fp32 quotient: double has
+            # more than 2 * 24 + 2 bits), so that it costs no tensor op.
+            kept = _fp32(_fp32(ssa_pair_count(sq, self.config.sink, self.config.local)) / _fp32(sq * (sq + 1) // 2))
+            return torch.ones(b, hk, dtype=torch.float32, device=modes.device).masked_fill_(modes == SSA, kept)
         # Count real query rows only: right-padding queries are no pairs of the prompt (ESR per sample).
         real = valid_keys(self.allowed)[:, -self.allowed.shape[2]:][:, None, :, None]  # [b, 1, sq, 1]
         total = torch.count_nonzero(self.allowed & real, dim=(-1, -2)).float().clamp(min=1)  # [b, 1]
@@ -195,6 +257,9 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
         out_sparse = attention(query, key, value, masks[MODE_IDS[cfg.sparse_mode]], scale, rt.backend)
         r = state.decisions.repeat_interleave(hq // rt.kv_heads, dim=1)[:, :, None, None].to(query.dtype)
         out = r * out_sparse + (1 - r) * out_full
+    elif state.possible_modes == (FA,) and masks.plain_causal:
+        # Every head full (forced), nothing padded: the causal SDPA call every path below makes, and nothing else.
+        out = attention(query, key, value, None, scale, rt.backend)
     elif (prefill and sq == key.shape[2] and query.is_cuda and rt.backend == "sdpa"
           and rt.fast_prefill and not rt.capture_last_row
           and kwargs.get("sliding_window") is None and fast_prefill_supported(query, key)):
@@ -202,7 +267,6 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
         pad = None if masks.plain_causal else masks.allowed[:, 0, -1, :]  # last row = real keys
         out, state.density = hybrid_prefill(query, key, value, state.modes, cfg, scale, key_padding=pad,
                                             return_density=True, possible_modes=state.possible_modes)
-        prefill = False  # density already set
     else:
         # Unpadded prefill off the fused path (the CPU): SSA heads on key bands, O(s * (sink + local)),
         # FA heads by causal SDPA, so no dense mask is built unless an XA head needs one.
@@ -210,8 +274,8 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
                   and not rt.capture_last_row)
         out = hybrid_attention(query, key, value, state.modes, masks, scale, rt.backend,
                                ssa_window=(cfg.sink, cfg.local) if banded else None)
-    if prefill:
-        state.density = masks.density(state.modes)
+    if prefill and state.density is None:
+        state.density = masks.density(state.modes, state.possible_modes)
     if rt.capture_last_row:
         state.last_row = _last_row_probs(query, key, head_masks(state.modes, masks.allowed, query, key, scale, cfg),
                                          scale)
@@ -303,12 +367,13 @@ def attach(model: nn.Module, config: ElasticConfig | None = None) -> nn.Module:
         router.to(device=weight.device)
         router.train(attn.training)
         attn.elastic_router = router
-        state = LayerState(attn.layer_idx, rt, router)
-        attn.elastic_state = state
         key_source = attn.k_norm if hasattr(attn, "k_norm") else attn.k_proj  # Qwen3 routes on normed keys
-        state.hook = key_source.register_forward_hook(_capture_keys(state))
-        state.empty_hook = attn.register_forward_pre_hook(_reject_empty, with_kwargs=True)
+        state = LayerState(attn.layer_idx, rt, router, key_source)
+        attn.elastic_state = state
         rt.layers.append(state)
+    rt.capture_keys()
+    # Every layer sees the prompt's length: one check a forward, not a hook (host time) in every layer.
+    rt.empty_hook = modules[0].register_forward_pre_hook(_reject_empty, with_kwargs=True)
     model.elastic_runtime = rt
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     if model.config._attn_implementation != ATTN_IMPLEMENTATION:  # older releases: set it directly
@@ -323,6 +388,11 @@ def _reject_empty(module, args, kwargs):
                          "one token per prompt to route its heads")
 
 
+def _fp32(x: float) -> float:
+    """x rounded to the nearest fp32 value."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
 def _capture_keys(state: LayerState):
     def hook(module, inputs, output):
         state.keys = output
@@ -332,9 +402,9 @@ def _capture_keys(state: LayerState):
 def detach(model: nn.Module) -> nn.Module:
     """Remove the routers and restore the model's attention implementation and trainable flags."""
     rt = runtime_of(model)
+    rt.empty_hook.remove()
     for attn in attention_modules(model):
-        attn.elastic_state.hook.remove()
-        attn.elastic_state.empty_hook.remove()
+        attn.elastic_state.capture_keys(False)
         del attn.elastic_state
         del attn.elastic_router
     for name, p in model.named_parameters():

@@ -143,11 +143,12 @@ def fa_ssa_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, modes: tor
     bm, bn, warps, stages = config or CONFIGS[d]
     if bm % bn:
         raise ValueError(f"BLOCK_M={bm} must be a multiple of BLOCK_N={bn}")
-    out = torch.empty(b, s, hq, d, dtype=q.dtype, device=q.device).transpose(1, 2)
+    # [b, s, hq, d] memory seen as [b, hq, s, d], in one op
+    out = torch.empty_strided((b, hq, s, d), (s * hq * d, d, hq * d, 1), dtype=q.dtype, device=q.device)
     if modes.device != q.device or modes.dtype not in (torch.int32, torch.int64) or not modes.is_contiguous():
         modes = modes.to(device=q.device, dtype=torch.int64).contiguous()
     dens = torch.empty(b, hk, dtype=torch.float32, device=q.device) if ssa_density is not None else out
-    nq, nk = triton.cdiv(s, bm), triton.cdiv(s, bn)
+    nq, nk = -(-s // bm), -(-s // bn)  # not triton.cdiv: a constexpr function, microseconds a call on the host
     _fa_ssa_fwd[(nq, b * hq)](q, k, v, out, modes, dens, float(ssa_density or 0.0), scale,
                               q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                               v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
