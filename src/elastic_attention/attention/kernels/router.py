@@ -31,7 +31,7 @@ if HAVE_TRITON:
                          HB: tl.constexpr):
         """W_OUT @ silu(W_IN @ x + B_IN) for W_IN [HID, D], W_OUT [D, HID] (row-major), bias-free out."""
         acc = tl.zeros([D], tl.float32)
-        for c in tl.static_range(0, HID, HB):
+        for c in range(0, HID, HB):  # not unrolled: unrolled, d 128 took ptxas 114 s (sm_90)
             rows = c + tl.arange(0, HB)
             w_in = tl.load(W_IN + rows[:, None] * D + offs_d[None, :]).to(tl.float32)  # [HB, D]
             h = _silu(tl.sum(w_in * x[None, :], 1) + tl.load(B_IN + rows).to(tl.float32))  # [HB]
