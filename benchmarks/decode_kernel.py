@@ -9,7 +9,8 @@ heads, d 64, sink 64 / local 512, 1 FA head and all 3), batch 1 (and 8), the scr
 CompactKV from random keys and times kernels/decode.py's decode_step on it under every setting of
 PROGRAMS_PER_SM x BLOCK_N x num_warps x num_stages x MERGE (--grid picks the values): GPU time alone
 (steps queued behind matmuls, cuda_timing.queued_ms; --rounds timings interleaved over the layouts and
-settings, median), and the bandwidth that makes (bytes of the kept keys and values read per step / time). Each setting's output is checked against CompactKV's SDPA path (max abs error, bf16).
+settings, median), and the bandwidth that makes (bytes of the kept keys and values read per step / time).
+Each setting's output is checked against CompactKV's SDPA path (max abs error, bf16).
 Printed: the table per layout, then per setting the full/elastic ratio (the 8B layouts at the longest
 length: what generate.py's decode_attn_gpu_speedup_kernel measures over a stack) and the setting that
 minimises the elastic layouts' summed time, then per setting and shape a line fitted to time against
@@ -19,6 +20,7 @@ bytes over the layouts and lengths: what a step costs whatever it reads, and the
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import itertools
 import json
@@ -56,14 +58,6 @@ def layout(hq, hk, d, sink, local, n_fa, seq, batch, seed=0):
     compact = CompactKV(keys, values, modes, None, sink, local)
     del keys, values
     return compact, make(batch, hq, 1, d), make(batch, hk, 1, d), make(batch, hk, 1, d)
-
-
-def step_args(compact: CompactKV, q, k, v, scale):
-    """decode_step's arguments for the next step of `compact` (as CompactKV._decode_kernel passes them).
-    The step stores its token past what it reads, so calling it again repeats the same step."""
-    used = compact.ssa_keys.shape[1]
-    return (q, k, v, compact.fa_keys, compact.fa_values, compact.fa_len, compact.ssa_keys, compact.ssa_values,
-            used, compact._slot(compact.max_count), compact.pair_rows, compact.pair_heads, compact.n_fa, scale)
 
 
 def bytes_read(compact: CompactKV) -> int:
@@ -110,14 +104,12 @@ def main(argv=None):
             hq, hk, d, sink, local, fa_counts = LAYOUTS[shape]
             for n_fa in fa_counts:
                 compact, q, k, v = layout(hq, hk, d, sink, local, n_fa, seq, batch)
-                ref = CompactKV.__new__(CompactKV)
-                ref.__dict__.update(compact.__dict__)
+                ref = copy.copy(compact)  # shares the FA buffers: the token goes past what either reads
                 ref.ssa_keys, ref.ssa_values = compact.ssa_keys.clone(), compact.ssa_values.clone()
                 ref.use_kernel = False
-                compact._grow(compact.max_count + 1)
                 want = ref.extend_and_attend(q, k, v, d ** -0.5).float()
                 del ref
-                step = functools.partial(decode.decode_step, *step_args(compact, q, k, v, d ** -0.5))
+                step = functools.partial(decode.decode_step, *compact.decode_args(q, k, v, d ** -0.5))
                 cases.append((dict(shape=shape, S=seq, batch=batch, n_fa=n_fa, kv_heads=hk), step,
                               bytes_read(compact), want))
         # Every setting on every layout, round after round (the GPU's clocks drift): medians of the rounds.

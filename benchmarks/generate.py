@@ -2,7 +2,7 @@
 
 Usage (GPU, from the repository root):
 
-    PYTHONPATH=src python benchmarks/generate.py            # full grid: about 5 minutes on one H200 (92 s for 8b, 202 s for default)
+    PYTHONPATH=src python benchmarks/generate.py            # full grid: about 5 minutes on one H200 (107 s for 8b, 212 s for default)
     PYTHONPATH=src python benchmarks/generate.py --quick    # 16K and 64K, MSR 0 and 0.7, batch 1
     python benchmarks/generate.py --device cpu --models tiny --lengths 256   # end-to-end check on a CPU
 
@@ -48,8 +48,8 @@ is set) and prints a markdown table. A row is one (model, context S, MSR, batch)
   --attn-steps steps between two syncs (host launch cost included, as in a decode step), summed over
   the layers of the stack (layers with the same number of sparse heads are timed once); the three
   CompactKV layouts are timed in turn over --attn-rounds rounds, medians (timed one after the other, the
-  first ran up to 8 % slower on identical layouts in the 2026-12-01 runs). The same four
-  as GPU time alone (decode_attn_gpu_ms, _gpu_ms_full, _gpu_ms_full_kernel, _gpu_ms_sdpa; speedups
+  first ran 8-13 % slower on identical layouts in the 2026-12-01 runs: results/generate_timing_order.json).
+  The same four as GPU time alone (decode_attn_gpu_ms, _gpu_ms_full, _gpu_ms_full_kernel, _gpu_ms_sdpa; speedups
   decode_attn_gpu_speedup and _gpu_speedup_kernel): --attn-steps steps queued behind matmuls that keep
   the GPU busy while the host launches them (cuda_timing.queued_ms), so the events time the kernels.
 - Compilations: torch._dynamo's counters["stats"]["unique_graphs"] before and after the row

@@ -78,7 +78,7 @@ def decode_launch(monkeypatch, capability, hq, hk, d, fa_heads, seq, sink, local
     width = min(seq, sink + local)
     rows = torch.zeros(hk, dtype=torch.int32)
     heads = torch.arange(hk, dtype=torch.int32)
-    monkeypatch.setattr(decode, "_device_facts", lambda device: (132, capability // 10))
+    monkeypatch.setattr(decode, "_sm_count", lambda device: 132)
     return record(monkeypatch, decode, "_decode", lambda: decode.decode_step(
         bf16(1, hq, 1, d), bf16(1, hk, 1, d), bf16(1, hk, 1, d), bf16(fa_heads, seq + 8, d),
         bf16(fa_heads, seq + 8, d), seq, bf16(n_ssa, width, d), bf16(n_ssa, width, d), width, sink, rows, heads,

@@ -356,20 +356,25 @@ class CompactKV:
                 and self.fa_valid is None and self.min_count == self.max_count and d >= 16 and d & (d - 1) == 0)
 
     def _decode_kernel(self, query, key, value, scale):
-        """One token per row through decode.decode_step, which also stores it; the buffers are made ready first."""
+        """One token per row through decode.decode_step, which also stores it."""
+        out = decode.decode_step(*self.decode_args(query, key, value, scale))
+        self.fa_len += self.n_fa > 0
+        self._lag += 1
+        self.min_count, self.max_count = self.min_count + 1, self.max_count + 1
+        return out
+
+    def decode_args(self, query, key, value, scale) -> tuple:
+        """decode.decode_step's arguments for the next token, the buffers made ready for it (room for the
+        FA keys, SSA buffers grown). The step stores its token past what it reads: repeating it before the
+        counts move (benchmarks/decode_kernel.py does) repeats the same step."""
         if self.n_fa and self.fa_len + 1 > self.fa_keys.shape[1]:  # out of room: one copy every FA_ROOM steps
             self.fa_keys, self.fa_values = (self._with_room(t, self.fa_len) for t in (self.fa_keys, self.fa_values))
         rank = self.max_count
         used = self.ssa_keys.shape[1]
         if self.n_ssa:
             self._grow(rank + 1)
-        out = decode.decode_step(query, key, value, self.fa_keys, self.fa_values, self.fa_len, self.ssa_keys,
-                                 self.ssa_values, used, self._slot(rank), self.pair_rows, self.pair_heads, self.n_fa,
-                                 scale)
-        self.fa_len += self.n_fa > 0
-        self._lag += 1
-        self.min_count, self.max_count = self.min_count + 1, self.max_count + 1
-        return out
+        return (query, key, value, self.fa_keys, self.fa_values, self.fa_len, self.ssa_keys, self.ssa_values, used,
+                self._slot(rank), self.pair_rows, self.pair_heads, self.n_fa, scale)
 
     def _full(self, q, key, value, scale):
         """q [pairs, groups, sq, d]: every position so far, causal within this call, padding masked."""

@@ -37,10 +37,10 @@ except ImportError:  # CPU-only installs
 BLOCK_N = 128  # keys per inner step (fewer for head_dim > 128: a K and a V tile per stage fit in shared memory)
 MIN_CHUNK = 256  # keys per program at least: below it the partial results cost more traffic than they save
 MAX_CHUNKS = 1024  # chunks a pair at most (the merge walks them MERGE at a time)
-MERGE = 16384  # partial results (fp32 values) the merging program loads at once (Hopper on; see merge_values)
+MERGE = 16384  # partial results (fp32 values) the merging program loads at once
 PROGRAMS_PER_SM = 1  # programs a launch aims at, per SM: one wave (benchmarks/decode_kernel.py)
 NUM_WARPS, NUM_STAGES = 4, 3
-_FACTS: dict = {}  # per device: (SMs, compute capability's major)
+_SMS: dict = {}
 _WORK: dict = {}  # per device: the partial results' buffers, reused step after step
 
 if HAVE_TRITON:
@@ -140,21 +140,12 @@ if HAVE_TRITON:
             tl.store(v_base + slot.to(tl.int64) * HEAD_DIM + offs_d, v1)
 
 
-def merge_values(major: int) -> int:
-    """MERGE for a GPU of compute capability `major`.x: half before Hopper, where ptxas ran past 8 minutes
-    on the 8B layer's merge at 16384 values (sm_80, Triton 3.9's ptxas; 3.4 s at 8192:
-    tests/test_kernel_compile.py compiles both)."""
-    return MERGE if major >= 9 else MERGE // 2
-
-
-def _device_facts(device) -> tuple[int, int]:
-    """(SMs, compute capability's major) of the device."""
+def _sm_count(device) -> int:
     if device.type != "cuda":
-        return 16, 9  # the interpreter on a CPU: any figures give the same result
-    if device not in _FACTS:
-        props = torch.cuda.get_device_properties(device)
-        _FACTS[device] = (props.multi_processor_count, props.major)
-    return _FACTS[device]
+        return 16  # the interpreter on a CPU: any figure gives the same result
+    if device not in _SMS:
+        _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SMS[device]
 
 
 def _chunks(fa_len: int, n_fa: int, ssa_len: int, n_ssa: int, programs: int, block_n: int) -> tuple[int, int, int]:
@@ -219,8 +210,7 @@ def decode_step(query, key, value, fa_keys, fa_values, fa_len: int, ssa_keys, ss
     if n_ssa == 0:
         ssa_keys, ssa_values = fa_keys, fa_values
     block_n = min(BLOCK_N, max(16, 16384 // d))
-    sms, major = _device_facts(query.device)
-    chunk, sf, ss = _chunks(fa_len, n_fa, ssa_len, n_ssa, PROGRAMS_PER_SM * sms, block_n)
+    chunk, sf, ss = _chunks(fa_len, n_fa, ssa_len, n_ssa, PROGRAMS_PER_SM * _sm_count(query.device), block_n)
     parts = n_fa * sf + n_ssa * ss
     block_g = max(16, triton.next_power_of_2(g))
     group_p = triton.next_power_of_2(g)
@@ -230,6 +220,6 @@ def decode_step(query, key, value, fa_keys, fa_values, fa_len: int, ssa_keys, ss
                       m, lsum, acc, arrived, scale * 1.4426950408889634,  # base-2 exponent
                       hk, fa_keys.shape[1], ssa_keys.shape[1], n_fa, sf, chunk, fa_len, ss, chunk, ssa_len,
                       ssa_slot, G=g, HEAD_DIM=d, BLOCK_G=block_g, BLOCK_N=block_n,
-                      GROUP_P=group_p, BLOCK_S=max(1, merge_values(major) // (group_p * d)),
+                      GROUP_P=group_p, BLOCK_S=max(1, MERGE // (group_p * d)),
                       num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return out
