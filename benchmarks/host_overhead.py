@@ -39,7 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import elastic_attention as ea
-from elastic_attention.attention.kernels import fa_ssa, router as router_kernel
+from elastic_attention.attention.kernels import fa_ssa, launcher, router as router_kernel
 
 RESULTS = Path(__file__).parent / "results" / "host_overhead.json"
 CASES = ("plain", "full", "mask", "router")
@@ -64,6 +64,7 @@ class _NoLaunch:
 
 def stub_cuda() -> None:
     torch.Tensor.is_cuda = property(lambda self: True)
+    launcher.ENABLED = False  # every launch through `kernel[grid]`: the stubs below
     fa_ssa._fa_ssa_fwd = _NoLaunch()
     router_kernel._route_fwd = _NoLaunch()
 

@@ -1,13 +1,15 @@
 """Whole-model prefill: random-weight Llama models, elastic (static 70 % sparse heads) vs plain SDPA.
 
-Usage (GPU): PYTHONPATH=src python benchmarks/model_prefill.py [--router-only]
+Usage (GPU): PYTHONPATH=src python benchmarks/model_prefill.py [--router-only] [--only default:8192,llama8b-5L:65536] [--rounds 5]
 Writes benchmarks/results/model_prefill.json (and $OUT/model_prefill.json when OUT is set).
 
 Rows: the default model's shape (30 layers, hidden 576, 9 / 3 heads, d 64) at 8K, 16K and 32K, and an 8B-shaped
 model (hidden 4096, 32 / 8 heads, d 128, intermediate 14336, vocab 128256) with 5 layers (40 KV heads:
 MSR 0.7 = 28 SSA heads) at 32K and 64K. Heads are forced with force_mode(static bool mask). Columns:
 plain SDPA model; attached + fast path at MSR 0.7; attached + fast path forced full (MSR 0, overhead of
-routing + dispatch), measured in turn over 5 rounds; the host syncs of one forward, plain and elastic;
+routing + dispatch), and for the default shape attached at MSR 0.7 with every Triton launch through triton's JIT
+(not the compiled handle, kernels/launcher.py), measured in turn over 5 rounds; the host's time of one
+forward (until the call returns), plain and elastic; the host syncs of one forward, plain and elastic;
 attached with the old masked path (fast_prefill off) at MSR 0.7 where memory allows. Also times the router forward (pooling included) against one layer's attention at 32K.
 """
 
@@ -25,7 +27,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import elastic_attention as ea
 from elastic_attention.attention import FA, SSA
-from elastic_attention.attention.kernels import hybrid_prefill
+from elastic_attention.attention.kernels import hybrid_prefill, launcher
 from elastic_attention.config import ElasticConfig
 from elastic_attention.router import AttentionRouter
 
@@ -74,7 +76,20 @@ def host_syncs(fn) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def run_model(name, seq, old_path=True, rounds=5, reps=3):
+def host_ms(fn, reps: int = 5) -> float:
+    """Median milliseconds until one call returns, started from an idle GPU (the host's side of a forward;
+    a host sync inside the call adds the GPU time before it)."""
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+        torch.cuda.synchronize()
+    return statistics.median(times)
+
+
+def run_model(name, seq, old_path=True, rounds=5, reps=3, jit_row=False):
     """Plain, elastic at MSR 0.7 and elastic forced full, measured in turn over `rounds` rounds (medians of
     the round medians): the host's speed drifts between runs, and a small model at 8K is bound by it."""
     kw = MODELS[name]
@@ -86,6 +101,7 @@ def run_model(name, seq, old_path=True, rounds=5, reps=3):
     r["msr_actual"] = mask.float().mean().item()
 
     def run(kind):
+        launcher.ENABLED = kind != "elastic_jit"
         attached = getattr(model, "elastic_runtime", None) is not None
         if kind == "plain" and attached:
             ea.detach(model)
@@ -93,22 +109,28 @@ def run_model(name, seq, old_path=True, rounds=5, reps=3):
             ea.attach(model, ElasticConfig())
         if kind == "plain":
             return timed(fwd, reps)
-        with ea.force_mode(model, mask if kind == "elastic" else "full"):
+        with ea.force_mode(model, "full" if kind == "full" else mask):
             return timed(fwd, reps)
 
-    times = {"sdpa_ms": [], "elastic_ms": [], "elastic_full_ms": []}
+    kinds = {"sdpa_ms": "plain", "elastic_ms": "elastic", "elastic_full_ms": "full"}
+    if jit_row:  # the same elastic forward with every Triton launch through triton's JIT (launcher.ENABLED off)
+        kinds["elastic_jit_launch_ms"] = "elastic_jit"
+    times = {key: [] for key in kinds}
     with torch.no_grad():
         for _ in range(rounds):
-            for key, kind in (("sdpa_ms", "plain"), ("elastic_ms", "elastic"), ("elastic_full_ms", "full")):
+            for key, kind in kinds.items():
                 times[key].append(run(kind))
         for key, values in times.items():
             r[key] = statistics.median(values)
         r["speedup_per_round"] = [p / e for p, e in zip(times["sdpa_ms"], times["elastic_ms"])]
+        r["speedup_median_of_rounds"] = statistics.median(r["speedup_per_round"])
         run("plain")
+        r["host_ms_plain"] = host_ms(fwd)
         r["host_syncs_plain"] = host_syncs(fwd)
         run("elastic")
         rt = model.elastic_runtime
         with ea.force_mode(model, mask):
+            r["host_ms_elastic"] = host_ms(fwd)
             r["host_syncs_elastic"] = host_syncs(fwd)
             r["esr_last_layer"] = 1 - rt.layers[-1].density.mean().item()
         if old_path:
@@ -162,14 +184,19 @@ def main():
         if os.environ.get("OUT"):
             open(os.path.join(os.environ["OUT"], "model_prefill.json"), "w").write(data)
 
-    rows.extend(router_vs_attention())
-    dump()
+    only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
+    rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 5
+    if not only:
+        rows.extend(router_vs_attention())
+        dump()
     if "--router-only" in sys.argv:
         return 0
     for name, seq, old in (("default", 8192, True), ("default", 16384, False), ("default", 32768, False),
                            ("llama8b-5L", 32768, True), ("llama8b-5L", 65536, False)):
+        if only and f"{name}:{seq}" not in only:
+            continue
         try:
-            rows.append(run_model(name, seq, old))
+            rows.append(run_model(name, seq, old, rounds=rounds, jit_row=name == "default"))
         except torch.OutOfMemoryError as e:
             rows.append(dict(model=name, S=seq, error=f"OOM: {str(e)[:120]}"))
         print(rows[-1], flush=True)

@@ -25,7 +25,11 @@ TRITON_INTERPRET=1).
 
 from __future__ import annotations
 
+import sys
+
 import torch
+
+from .launcher import Launch
 
 try:
     import triton
@@ -140,6 +144,9 @@ if HAVE_TRITON:
             tl.store(v_base + slot.to(tl.int64) * HEAD_DIM + offs_d, v1)
 
 
+_LAUNCH = Launch(sys.modules[__name__], "_decode")
+
+
 def _sm_count(device) -> int:
     if device.type != "cuda":
         return 16  # the interpreter on a CPU: any figure gives the same result
@@ -216,10 +223,11 @@ def decode_step(query, key, value, fa_keys, fa_values, fa_len: int, ssa_keys, ss
     group_p = triton.next_power_of_2(g)
     m, lsum, acc, arrived = _workspace(query.device, parts, n_fa + n_ssa, g, d)
     out = torch.empty_like(query)
-    _decode[(parts,)](query, key, value, out, fa_keys, fa_values, ssa_keys, ssa_values, rows, heads,
-                      m, lsum, acc, arrived, scale * 1.4426950408889634,  # base-2 exponent
-                      hk, fa_keys.shape[1], ssa_keys.shape[1], n_fa, sf, chunk, fa_len, ss, chunk, ssa_len,
-                      ssa_slot, G=g, HEAD_DIM=d, BLOCK_G=block_g, BLOCK_N=block_n,
-                      GROUP_P=group_p, BLOCK_S=max(1, MERGE // (group_p * d)),
-                      num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+    _LAUNCH((parts,), (query, key, value, out, fa_keys, fa_values, ssa_keys, ssa_values, rows, heads,
+                       m, lsum, acc, arrived, scale * 1.4426950408889634,  # base-2 exponent
+                       hk, fa_keys.shape[1], ssa_keys.shape[1], n_fa, sf, chunk, fa_len, ss, chunk, ssa_len,
+                       ssa_slot),
+            dict(G=g, HEAD_DIM=d, BLOCK_G=block_g, BLOCK_N=block_n, GROUP_P=group_p,
+                 BLOCK_S=max(1, MERGE // (group_p * d))),
+            dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES))
     return out

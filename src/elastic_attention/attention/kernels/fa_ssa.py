@@ -18,6 +18,8 @@ Unpadded prompts and FA / SSA heads only; padding and XA heads take `hybrid_pref
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 try:
@@ -28,6 +30,7 @@ except ImportError:  # CPU-only installs
     HAVE_TRITON = False
 
 from ..masks import SSA
+from .launcher import Launch
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per head_dim: the fastest of six or near it on an H200 at
 # 8K-32K (benchmarks/prefill_overhead.py --configs; docs/benchmarks.md). BLOCK_M is a multiple of BLOCK_N.
@@ -114,6 +117,9 @@ if HAVE_TRITON:
         tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < S_LEN)
 
 
+_LAUNCH = Launch(sys.modules[__name__], "_fa_ssa_fwd")
+
+
 def supported(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Shapes this kernel runs: a causal prefill (q and k of one length), head_dim 64 or 128, GQA."""
     return (HAVE_TRITON and q.shape[2] == k.shape[2] and q.shape[-1] in CONFIGS and q.shape[1] % k.shape[1] == 0
@@ -149,10 +155,10 @@ def fa_ssa_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, modes: tor
         modes = modes.to(device=q.device, dtype=torch.int64).contiguous()
     dens = torch.empty(b, hk, dtype=torch.float32, device=q.device) if ssa_density is not None else out
     nq, nk = -(-s // bm), -(-s // bn)  # not triton.cdiv: a constexpr function, microseconds a call on the host
-    _fa_ssa_fwd[(nq, b * hq)](q, k, v, out, modes, dens, float(ssa_density or 0.0), scale,
-                              q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                              v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-                              hq, hk, s, nq, nk, sink, local,
-                              HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, WRITE_DENS=ssa_density is not None,
-                              num_warps=warps, num_stages=stages)
+    _LAUNCH((nq, b * hq), (q, k, v, out, modes, dens, float(ssa_density or 0.0), scale,
+                           q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                           v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+                           hq, hk, s, nq, nk, sink, local),
+            dict(HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, WRITE_DENS=ssa_density is not None),
+            dict(num_warps=warps, num_stages=stages))
     return (out, dens) if ssa_density is not None else out

@@ -10,7 +10,11 @@ eager router in tests (GPU, and on CPU under TRITON_INTERPRET=1).
 
 from __future__ import annotations
 
+import sys
+
 import torch
+
+from .launcher import Launch
 
 try:
     import triton
@@ -72,6 +76,9 @@ if HAVE_TRITON:
         tl.store(OUT + tl.num_programs(0) + pid, (logit + shift > 0).to(tl.float32))
 
 
+_LAUNCH = Launch(sys.modules[__name__], "_route_fwd")
+
+
 def _tensors(router) -> list[torch.Tensor]:
     """The router's weights and biases in the kernel's order, then its standardisation (when it has one).
 
@@ -107,7 +114,7 @@ def route_fused(router, keys: torch.Tensor, shift: float = 0.0, tensors: list[to
     norm = router.norm == "standardize"
     # Without standardisation the three pointers are never read: any tensor on the device will do.
     weights = (tensors or _tensors(router)) + ([] if norm else [out, out, out])
-    _route_fwd[(b * h,)](keys, out, *weights,
-                         s, h, n1, n2, keys.stride(0), keys.stride(1), keys.stride(2), float(shift),
-                         D=d, HID=router.task._modules["0"].out_features, HB=HIDDEN_CHUNK, BLOCK_T=32, NORM=norm, num_warps=4)
+    _LAUNCH((b * h,), (keys, out, *weights, s, h, n1, n2, keys.stride(0), keys.stride(1), keys.stride(2), float(shift)),
+            dict(D=d, HID=router.task._modules["0"].out_features, HB=HIDDEN_CHUNK, BLOCK_T=32, NORM=norm),
+            dict(num_warps=4))
     return out[0], out[1]
