@@ -375,7 +375,7 @@ _FUSED_SCRIPT = r'''
 import torch
 from elastic_attention.attention import FA, SSA, head_masks, masked_attention
 from elastic_attention.attention.kernels.blocks import ssa_density
-from elastic_attention.attention.kernels.fa_ssa import fa_ssa_prefill
+from elastic_attention.attention.kernels.fa_ssa import SKIP, fa_ssa_prefill
 from elastic_attention.attention.masks import causal_allowed
 from elastic_attention.config import ElasticConfig
 torch.manual_seed(0)
@@ -397,6 +397,11 @@ for i, (b, hq, hk, s, d, sink, local, launch) in enumerate(cases):
     assert out.transpose(1, 2).is_contiguous()  # the model's [b, s, hq, d] layout, no copy back
     kept = mask.sum((-1, -2)).float() / (s * (s + 1) / 2)
     assert torch.allclose(dens, kept.view(b, hk, -1).mean(-1), atol=1e-6), (dens, kept)
+    # SKIP heads (the split dispatch's FA heads): nothing written there, the other heads unchanged
+    skip = torch.where(modes == FA, SKIP, modes)
+    out2 = fa_ssa_prefill(q, k, v, skip, sink, local, d ** -0.5, launch)
+    skipped = (skip == SKIP).repeat_interleave(hq // hk, dim=1)  # [b, hq]
+    assert torch.equal(out2[~skipped], out[~skipped]), i
 print("FUSED_OK")
 '''
 

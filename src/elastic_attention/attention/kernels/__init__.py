@@ -11,8 +11,9 @@ benchmarks/prefill_attention.py, see docs/benchmarks.md):
             no host sync, no BlockMask, no compiled call; FA / SSA heads and no padding only;
   "cudnn"   SSA heads as cuDNN's sliding-window band with the sink keys merged in
             (cudnn_band.py), FA heads by SDPA on a side stream, concurrently;
-  "split"   SDPA (cuDNN / flash) on the FA heads on a side stream, concurrently with
-            FlexAttention on the sparse heads (per-head BlockMask from the decisions);
+  "split"   SDPA (cuDNN / flash) on the FA heads on a side stream, concurrently with the sparse heads:
+            FA / SSA only, the fused kernel with the FA heads skipped (SPLIT_SPARSE), else FlexAttention
+            (per-head BlockMask from the decisions);
   "flex"    FlexAttention on all heads, one launch (fallback; also the path with padding).
 (An earlier one-launch Triton candidate walking per-head block lists, slower than FlexAttention on
 every row measured, gave way to "fused".)
@@ -44,6 +45,9 @@ CUDNN_MIN_WORK = 1e12
 # layers the host sync and FlexAttention's call cost more than its kernel saves (default model at 8K:
 # benchmarks/prefill_overhead.py, docs/benchmarks.md).
 FUSED_MAX_WORK = 1e12
+# The split dispatch's sparse heads: "fused" (fa_ssa.py, FA heads skipped; no copies, no BlockMask) or "flex"
+# (FlexAttention on contiguous copies). 8B layer at 64K, MSR 0.7: benchmarks/split_sparse.py, docs/benchmarks.md.
+SPLIT_SPARSE = "fused"
 MASK_CACHE_SIZE = 64  # BlockMasks of recent (decisions, length) pairs, unpadded prompts only
 MASK_CACHE_ENTRY_BYTES = 8 << 20  # larger masks are rebuilt each call rather than held (64 x 8 MiB at most)
 _MASKS: dict = {}
@@ -158,6 +162,11 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
             cudnn_band.ssa_attention(q[row:row + 1, h0 * g:h1 * g], k[row:row + 1, h0:h1],
                                      v[row:row + 1, h0:h1], out[row:row + 1, h0 * g:h1 * g],
                                      config.sink, config.local, scale)
+    elif runs and SPLIT_SPARSE == "fused" and not has_xa and on_cuda and fa_ssa.supported(q, k) and v.stride(-1) == 1:
+        # SSA heads in the fused kernel, reading the model's layout in place; the FA heads, skipped there,
+        # come from the side stream below.
+        out = fa_ssa.fa_ssa_prefill(q, k, v, torch.where(modes == FA, fa_ssa.SKIP, modes), config.sink,
+                                    config.local, scale)
     else:
         # Zero rows appended after the prompt change nothing a real query sees (keys > q are never
         # kept; the block tables bound keys by `end`); the extra query rows are cut off.

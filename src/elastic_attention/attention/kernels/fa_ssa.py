@@ -32,12 +32,15 @@ except ImportError:  # CPU-only installs
 from ..masks import SSA
 from .launcher import Launch
 
+SKIP = -1  # a mode only this kernel knows: the head is left alone (its output rows are not written)
+
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per head_dim: the fastest of six or near it on an H200 at
 # 8K-32K (benchmarks/prefill_overhead.py --configs; docs/benchmarks.md). BLOCK_M is a multiple of BLOCK_N.
 CONFIGS = {64: (64, 64, 4, 3), 128: (64, 64, 4, 3)}
 
 if HAVE_TRITON:
     _SSA = tl.constexpr(SSA)
+    _SKIP = tl.constexpr(SKIP)
 
     @triton.jit
     def _blocks(q, k_base, v_base, sks, svs, m_i, l_i, acc, offs_m, offs_n, offs_d, lo, hi, S_LEN,
@@ -78,7 +81,9 @@ if HAVE_TRITON:
         b = pid_bh // HQ
         h = pid_bh % HQ
         kvh = h // (HQ // HK)
-        is_ssa = (tl.load(MODES + b * HK + kvh) == _SSA).to(tl.int32)
+        mode = tl.load(MODES + b * HK + kvh)
+        is_ssa = (mode == _SSA).to(tl.int32)
+        run = (mode != _SKIP).to(tl.int32)  # a skipped head reads no key and writes nothing
         if WRITE_DENS:  # one program per (row, KV head) stores the head's kept fraction of pairs
             if (tl.program_id(0) == 0) & (h % (HQ // HK) == 0):
                 tl.store(DENS + b * HK + kvh, tl.where(is_ssa == 1, ssa_density, 1.0))
@@ -95,8 +100,8 @@ if HAVE_TRITON:
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
-        diag_lo = r0 // BLOCK_N
-        diag_hi = tl.minimum(tl.cdiv(r0 + BLOCK_M, BLOCK_N), NK)
+        diag_lo = (r0 // BLOCK_N) * run
+        diag_hi = tl.minimum(tl.cdiv(r0 + BLOCK_M, BLOCK_N), NK) * run
         # SSA: the first block with a key in row r0's window, the first block inside every row's window,
         # and the sink blocks below the window (FA: all zero, so `inner` is every block below the diagonal).
         w_lo = tl.minimum(tl.maximum(r0 - LOCAL + 1, 0) // BLOCK_N, diag_lo) * is_ssa
@@ -114,7 +119,7 @@ if HAVE_TRITON:
 
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         o_ptrs = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_m[:, None].to(tl.int64) * sos + offs_d[None, :]
-        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < S_LEN)
+        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < S_LEN * run)  # no row when skipped
 
 
 _LAUNCH = Launch(sys.modules[__name__], "_fa_ssa_fwd")
@@ -132,8 +137,8 @@ def fa_ssa_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, modes: tor
     """Causal prefill attention [b, hq, s, d] with every KV head FA or SSA, no padding.
 
     q [b, hq, s, d], k / v [b, hk, s, d] in any strides with the last one 1 (GQA: never repeated);
-    modes [b, hk] int on q's device, FA or SSA only (anything but SSA runs as FA). It is read by the
-    kernel, not by the host. The output is a [b, s, hq, d] buffer seen as [b, hq, s, d], so the model's
+    modes [b, hk] int on q's device, FA or SSA, or SKIP for a head whose output another kernel writes
+    (anything else runs as FA). It is read by the kernel, not by the host. The output is a [b, s, hq, d] buffer seen as [b, hq, s, d], so the model's
     transpose back to [b, s, hq * d] costs no copy. config: (BLOCK_M, BLOCK_N, num_warps, num_stages).
     ssa_density given: returns (output, density [b, hk] fp32), each head's kept fraction of the causal
     pairs (1 for FA, ssa_density for SSA) written by the same launch.
