@@ -98,6 +98,38 @@ def test_unpadded_density_counts_the_masked_pairs_exactly(s):
     assert counted.dtype == masked.dtype and torch.equal(counted, masked)
 
 
+def test_density_known_from_the_modes_is_computed_when_read(monkeypatch):
+    """The CUDA prefill leaves an unpadded FA / SSA layer's density to be computed on first read: nothing
+    before, the masked count after, and a density set later replaces the pending one."""
+    import elastic_attention.integrations.hf as hf
+    calls = []
+    real = hf.unpadded_density
+    monkeypatch.setattr(hf, "unpadded_density", lambda *a: calls.append(a) or real(*a))
+    state = hf.LayerState(0, None, None, None)
+    modes = torch.tensor([[FA, SSA], [SSA, SSA]])
+    state.density_when_read(modes, 40, CFG)
+    assert calls == []
+    q = k = torch.zeros(2, 2, 40, 1)
+    masked = ModeMasks(causal_allowed(2, 40, 40), q, k, 1.0, CFG).density(modes)
+    assert torch.equal(state.density, masked) and torch.equal(state.density, masked) and len(calls) == 1
+    state.density_when_read(modes, 40, CFG)
+    state.density = torch.ones(2, 2)
+    assert torch.equal(state.density, torch.ones(2, 2)) and len(calls) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_fused_prefill_density_equals_the_masked_count():
+    model = attach(tiny_model(head_dim=64).cuda().to(torch.bfloat16), CFG)
+    ids = torch.randint(1, 100, (2, 300), device="cuda")
+    mask = torch.tensor([[True, False], [False, True]])
+    with force_mode(model, mask), torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    for state in model.elastic_runtime.layers:
+        q = k = torch.zeros(2, 2, 300, 1)
+        want = ModeMasks(causal_allowed(2, 300, 300), q, k, 1.0, CFG).density(state.modes.cpu())
+        assert torch.equal(state.density.cpu(), want)
+
+
 @pytest.fixture
 def banded_calls(monkeypatch):
     """The number of ssa_banded_attention calls hybrid_attention has made."""

@@ -131,9 +131,27 @@ class LayerState:
         self.decisions: torch.Tensor | None = None  # [b, hk] float r, straight-through in training
         self.modes: torch.Tensor | None = None  # [b, hk] int FA / SSA / XA
         self.possible_modes: tuple[int, ...] | None = None  # the modes `modes` can hold, known on the host
-        self.density: torch.Tensor | None = None  # [b, hk] fraction of allowed pairs kept
+        self._density: torch.Tensor | None = None
+        self._density_of: tuple | None = None  # (modes, length, config): the density, computed when read
         self.last_row: torch.Tensor | None = None  # [b, hq, kv] probs of the last query
         self.cache_layer = None  # set by an ElasticCache layer's update for the attention call that follows
+
+    @property
+    def density(self) -> torch.Tensor | None:
+        """[b, hk] fraction of the allowed pairs each head kept in the last prefill. Where it follows from
+        the modes and the length alone (unpadded, FA / SSA) it is computed when first read: a prefill
+        spends no op or allocation on it (only routing statistics read it)."""
+        if self._density is None and self._density_of is not None:
+            self._density = unpadded_density(*self._density_of)
+            self._density_of = None
+        return self._density
+
+    @density.setter
+    def density(self, value: torch.Tensor | None) -> None:
+        self._density, self._density_of = value, None
+
+    def density_when_read(self, modes: torch.Tensor, length: int, config) -> None:
+        self._density, self._density_of = None, (modes, length, config)
 
     def capture_keys(self, on: bool) -> None:
         if on and self.hook is None:
@@ -205,11 +223,7 @@ class ModeMasks:
         b, hk = modes.shape
         _, sq, skv = self.shape
         if self.plain_causal and sq == skv and (XA not in possible or not bool((modes == XA).any())):
-            # Unpadded prefill: the pairs are counted, not masked, with the same fp32 division as below, done
-            # on the host (a quotient of floats rounded from double to fp32 is the fp32 quotient: double has
-            # more than 2 * 24 + 2 bits), so that it costs no tensor op.
-            kept = _fp32(_fp32(ssa_pair_count(sq, self.config.sink, self.config.local)) / _fp32(sq * (sq + 1) // 2))
-            return torch.ones(b, hk, dtype=torch.float32, device=modes.device).masked_fill_(modes == SSA, kept)
+            return unpadded_density(modes, sq, self.config)
         # Count real query rows only: right-padding queries are no pairs of the prompt (ESR per sample).
         real = valid_keys(self.allowed)[:, -self.allowed.shape[2]:][:, None, :, None]  # [b, 1, sq, 1]
         total = torch.count_nonzero(self.allowed & real, dim=(-1, -2)).float().clamp(min=1)  # [b, 1]
@@ -221,6 +235,14 @@ class ModeMasks:
             kept = kept.view(b, -1, max(kept.shape[1] // hk, 1)).mean(-1).expand(b, hk)
             out = torch.where(modes == mode, kept, out)
         return out
+
+
+def unpadded_density(modes: torch.Tensor, n: int, config) -> torch.Tensor:
+    """ModeMasks.density of an unpadded n-token prefill whose modes are FA / SSA: the pairs counted, not
+    masked, with the same fp32 division as the masked count, done on the host (a quotient of floats rounded
+    from double to fp32 is the fp32 quotient: double has more than 2 * 24 + 2 bits)."""
+    kept = _fp32(_fp32(ssa_pair_count(n, config.sink, config.local)) / _fp32(n * (n + 1) // 2))
+    return torch.ones(modes.shape, dtype=torch.float32, device=modes.device).masked_fill_(modes == SSA, kept)
 
 
 def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
@@ -265,8 +287,13 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
           and kwargs.get("sliding_window") is None and fast_prefill_supported(query, key)):
         # CUDA prefill: all heads from the decisions in fused kernels; density computed analytically.
         pad = None if masks.plain_causal else masks.allowed[:, 0, -1, :]  # last row = real keys
-        out, state.density = hybrid_prefill(query, key, value, state.modes, cfg, scale, key_padding=pad,
-                                            return_density=True, possible_modes=state.possible_modes)
+        if masks.plain_causal and XA not in state.possible_modes:
+            out = hybrid_prefill(query, key, value, state.modes, cfg, scale, possible_modes=state.possible_modes)
+            if state.density is None:
+                state.density_when_read(state.modes, sq, cfg)
+        else:
+            out, state.density = hybrid_prefill(query, key, value, state.modes, cfg, scale, key_padding=pad,
+                                                return_density=True, possible_modes=state.possible_modes)
     else:
         # Unpadded prefill off the fused path (the CPU): SSA heads on key bands, O(s * (sink + local)),
         # FA heads by causal SDPA, so no dense mask is built unless an XA head needs one.
@@ -274,7 +301,7 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
                   and not rt.capture_last_row)
         out = hybrid_attention(query, key, value, state.modes, masks, scale, rt.backend,
                                ssa_window=(cfg.sink, cfg.local) if banded else None)
-    if prefill and state.density is None:
+    if prefill and state._density is None and state._density_of is None:
         state.density = masks.density(state.modes, state.possible_modes)
     if rt.capture_last_row:
         state.last_row = _last_row_probs(query, key, head_masks(state.modes, masks.allowed, query, key, scale, cfg),

@@ -112,9 +112,9 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
     if backend == "fused":
         return _fused(q, k, v, modes, config, scale, key_padding, return_density)
     if (backend == "auto" and known and known <= {FA, SSA} and known != {FA} and q.is_cuda
-            and b * hq * s * s * d < FUSED_MAX_WORK and fa_ssa.supported(q, k)):
-        return fa_ssa.fa_ssa_prefill(q, k, v, modes, config.sink, config.local, scale,
-                                     ssa_density=ssa_density(s, config) if return_density else None)
+            and b * hq * s * s * d < FUSED_MAX_WORK and fa_ssa.supported(q, k) and v.stride(-1) == 1):
+        return fa_ssa.launch(q, k, v, modes, config.sink, config.local, scale, fa_ssa.CONFIGS[d],
+                             ssa_density(s, config) if return_density else None)
     if backend == "auto" and known == {FA}:  # every head full, known without reading the decisions
         return _causal(q, k, v, scale, return_density)
     padded = key_padding is not None and not bool(key_padding.all())
@@ -165,8 +165,8 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
     elif runs and SPLIT_SPARSE == "fused" and not has_xa and on_cuda and fa_ssa.supported(q, k) and v.stride(-1) == 1:
         # SSA heads in the fused kernel, reading the model's layout in place; the FA heads, skipped there,
         # come from the side stream below.
-        out = fa_ssa.fa_ssa_prefill(q, k, v, torch.where(modes == FA, fa_ssa.SKIP, modes), config.sink,
-                                    config.local, scale)
+        out = fa_ssa.launch(q, k, v, torch.where(modes == FA, fa_ssa.SKIP, modes), config.sink, config.local,
+                            scale, fa_ssa.CONFIGS[d])
     else:
         # Zero rows appended after the prompt change nothing a real query sees (keys > q are never
         # kept; the block tables bound keys by `end`); the extra query rows are cut off.

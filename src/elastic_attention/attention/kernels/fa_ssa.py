@@ -138,15 +138,15 @@ def fa_ssa_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, modes: tor
 
     q [b, hq, s, d], k / v [b, hk, s, d] in any strides with the last one 1 (GQA: never repeated);
     modes [b, hk] int on q's device, FA or SSA, or SKIP for a head whose output another kernel writes
-    (anything else runs as FA). It is read by the kernel, not by the host. The output is a [b, s, hq, d] buffer seen as [b, hq, s, d], so the model's
-    transpose back to [b, s, hq * d] costs no copy. config: (BLOCK_M, BLOCK_N, num_warps, num_stages).
+    (anything else runs as FA). It is read by the kernel, not by the host. The output is a [b, s, hq, d]
+    buffer seen as [b, hq, s, d], so the model's transpose back to [b, s, hq * d] costs no copy.
+    config: (BLOCK_M, BLOCK_N, num_warps, num_stages).
     ssa_density given: returns (output, density [b, hk] fp32), each head's kept fraction of the causal
     pairs (1 for FA, ssa_density for SSA) written by the same launch.
     """
     if not HAVE_TRITON:
         raise RuntimeError("the fused FA/SSA prefill kernel needs triton")
-    b, hq, s, d = q.shape
-    hk = k.shape[1]
+    d = q.shape[-1]
     if not supported(q, k) or v.stride(-1) != 1:
         raise ValueError(f"fa_ssa_prefill runs q [b, hq, s, d] and k, v [b, hk, s, d] of one length with head_dim "
                          f"in {sorted(CONFIGS)} and the last stride 1; got q {list(q.shape)}, k {list(k.shape)}; "
@@ -154,16 +154,26 @@ def fa_ssa_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, modes: tor
     bm, bn, warps, stages = config or CONFIGS[d]
     if bm % bn:
         raise ValueError(f"BLOCK_M={bm} must be a multiple of BLOCK_N={bn}")
+    return launch(q, k, v, modes, sink, local, scale, (bm, bn, warps, stages), ssa_density)
+
+
+def launch(q, k, v, modes, sink: int, local: int, scale: float, config, ssa_density: float | None = None):
+    """fa_ssa_prefill on arguments already checked (hybrid_prefill checks them once): a small model's
+    prefill is bound by the host, and every layer calls this."""
+    b, hq, s, d = q.shape
+    hk = k.shape[1]
+    bm, bn, warps, stages = config
     # [b, s, hq, d] memory seen as [b, hq, s, d], in one op
     out = torch.empty_strided((b, hq, s, d), (s * hq * d, d, hq * d, 1), dtype=q.dtype, device=q.device)
     if modes.device != q.device or modes.dtype not in (torch.int32, torch.int64) or not modes.is_contiguous():
         modes = modes.to(device=q.device, dtype=torch.int64).contiguous()
     dens = torch.empty(b, hk, dtype=torch.float32, device=q.device) if ssa_density is not None else out
     nq, nk = -(-s // bm), -(-s // bn)  # not triton.cdiv: a constexpr function, microseconds a call on the host
-    _LAUNCH((nq, b * hq), (q, k, v, out, modes, dens, float(ssa_density or 0.0), scale,
-                           q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                           v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-                           hq, hk, s, nq, nk, sink, local),
+    qb, qh, qs, _ = q.stride()
+    kb, kh, ks, _ = k.stride()
+    vb, vh, vs, _ = v.stride()
+    _LAUNCH((nq, b * hq), (q, k, v, out, modes, dens, float(ssa_density or 0.0), scale, qb, qh, qs, kb, kh, ks,
+                           vb, vh, vs, s * hq * d, d, hq * d, hq, hk, s, nq, nk, sink, local),
             dict(HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, WRITE_DENS=ssa_density is not None),
             dict(num_warps=warps, num_stages=stages))
     return (out, dens) if ssa_density is not None else out
