@@ -3,7 +3,9 @@
 The CUDA prefill runs a torch.compile'd FlexAttention with static shapes; `flex.bucket_length` pads the
 prompt so that every length falls in one of few buckets. 100 prompts of random lengths between 300 and
 5000 tokens, with routing that varies from prompt to prompt, go through an attached bf16 model whose
-heads take the fast path (head_dim 64). The compiled variants must stay within the bound of
+heads take the fast path (head_dim 64), with the fused kernel's threshold set to 0 so that every sparse
+layer runs FlexAttention (left alone, layers this small run the fused Triton kernel, which compiles no
+dynamo graph: checked by the second test). The compiled variants must stay within the bound of
 docs/benchmarks.md ("Compilations"), and dynamo's recompile limit must never be reached (reaching it
 raises here, through fail_on_recompile_limit_hit, and is logged as a warning, which is counted too).
 A length that is exactly a bucket runs unpadded; its q / k / v are made contiguous like the padded ones,
@@ -72,8 +74,9 @@ def rule_of(layer_row):
 
 
 @torch.no_grad()
-def test_prompt_lengths_compile_within_the_bucket_bound():
+def test_prompt_lengths_compile_within_the_bucket_bound(monkeypatch):
     import torch._dynamo
+    import elastic_attention.attention.kernels as kernels
     from torch._dynamo.utils import counters
     from elastic_attention.attention.kernels import supported
     from elastic_attention.attention.kernels.flex import bucket_length, compiled_flex
@@ -89,6 +92,9 @@ def test_prompt_lengths_compile_within_the_bucket_bound():
     others = [n for n in range(SHORTEST, LONGEST + 1) if n not in EXACT]
     lengths = rng.sample(others, PROMPTS - len(EXACT)) + EXACT  # 100 different lengths
     rng.shuffle(lengths)
+    # Layers this small run the fused Triton kernel (no dynamo) when the decisions hold FA / SSA only, as a
+    # forced mask's do: the FlexAttention path under test is what they take above FUSED_MAX_WORK.
+    monkeypatch.setattr(kernels, "FUSED_MAX_WORK", 0)
     torch._dynamo.reset()  # count from a clean state, whatever other tests compiled
     compiled_flex()  # applies the library's recompile limit
     limit_name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
@@ -125,3 +131,20 @@ def test_prompt_lengths_compile_within_the_bucket_bound():
         assert entries <= bound
     assert not warnings.messages, warnings.messages
     assert compiles <= getattr(torch._dynamo.config, limit_name)
+
+
+@torch.no_grad()
+def test_fused_prefill_compiles_no_dynamo_graph():
+    """The default dispatch of small FA / SSA layers (the fused Triton kernel) adds no dynamo graph, whatever
+    the length and routing."""
+    from torch._dynamo.utils import counters
+
+    model = tiny_model("llama", hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=64, vocab_size=256, max_position_embeddings=8192)
+    model = attach(model.to("cuda", torch.bfloat16), CFG)
+    rng = random.Random(1)
+    before = counters["stats"]["unique_graphs"]
+    for length in rng.sample(range(SHORTEST, LONGEST + 1), 20):
+        with force_mode(model, routing(rng, model.config.num_hidden_layers, model.config.num_key_value_heads)):
+            model(input_ids=torch.randint(1, 256, (1, length), device="cuda"), use_cache=False, logits_to_keep=1)
+    assert counters["stats"]["unique_graphs"] == before
