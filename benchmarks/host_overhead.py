@@ -17,7 +17,7 @@ and the Triton launches (fa_ssa, router kernel) launch nothing, so outputs are m
 host step of that path runs ("cuda-stubbed").
 
 Usage: PYTHONPATH=src python benchmarks/host_overhead.py [--device cpu|cuda] [--stub-cuda] [--run LABEL]
-       [--calls 400] [--seq 16]
+       [--calls 400] [--seq 16] [--profile CASE]
 Writes benchmarks/results/host_overhead.json (and $OUT/host_overhead.json when OUT is set): rows of this
 run replace earlier rows with the same run label, path and device; other rows stay.
 """
@@ -91,6 +91,27 @@ def static_mask(layers: int, kv: int, msr: float) -> torch.Tensor:
     return m.view(layers, kv)
 
 
+def profile(nets, ids, args, sync) -> int:
+    """cProfile of plain and one case, by own time (cProfile's overhead inflates small calls alike on both)."""
+    import cProfile
+    import pstats
+
+    for case in ("plain", args.profile):
+        with torch.no_grad():
+            for _ in range(5):
+                nets[case](input_ids=ids, logits_to_keep=1, use_cache=False)
+            sync()
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(args.calls):
+                nets[case](input_ids=ids, logits_to_keep=1, use_cache=False)
+            sync()
+            prof.disable()
+        print(f"== {case}: {args.calls} forwards of {args.layers} layers")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(28)
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -99,6 +120,8 @@ def main():
     p.add_argument("--calls", type=int, default=400, help="timed forwards per case")
     p.add_argument("--seq", type=int, default=16)
     p.add_argument("--layers", type=int, default=30)
+    p.add_argument("--profile", choices=CASES, help="print cProfile's top functions of this case's forwards "
+                   "(plain and this case, --calls each) instead of timing; writes nothing")
     args = p.parse_args()
     if args.stub_cuda and args.device != "cpu":
         p.error("--stub-cuda is for --device cpu")
@@ -111,6 +134,8 @@ def main():
     nets = models(args, device, dtype)
     ids = torch.randint(1, 128, (1, args.seq), generator=torch.Generator().manual_seed(0)).to(device)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    if args.profile:
+        return profile(nets, ids, args, sync)
     times = {c: [] for c in CASES}
     ops = {}
     with torch.no_grad():

@@ -64,9 +64,10 @@ def cases(seq: int):
     nq, nk = -(-seq // bm), -(-seq // bn)
 
     def fa_args(out):
-        return (q, k, v, out, modes, out, 0.0, scale, q.stride(0), q.stride(1), q.stride(2), k.stride(0),
-                k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1),
-                out.stride(2), 9, 3, seq, nq, nk, 4, 8)
+        return ((q, k, v, out, modes, out),
+                (0.0, scale, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                 v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), 9, 3, seq, nq, nk,
+                 4, 8))
 
     consts = dict(HEAD_DIM=64, BLOCK_M=bm, BLOCK_N=bn, WRITE_DENS=False)
     opts = dict(num_warps=warps, num_stages=stages)
@@ -80,8 +81,8 @@ def cases(seq: int):
     r_out = torch.empty(2, 1, 3, dtype=torch.float32, device=dev)
     n = router.pool_tokens
     n1, n2 = (seq, 0) if seq <= 2 * n else (n, n)
-    r_args = (keys, r_out, *tensors, r_out, r_out, r_out, seq, 3, n1, n2, keys.stride(0), keys.stride(1),
-              keys.stride(2), 0.0)
+    r_args = ((keys, r_out, *tensors, r_out, r_out, r_out),
+              (seq, 3, n1, n2, keys.stride(0), keys.stride(1), keys.stride(2), 0.0))
     r_consts = dict(D=64, HID=router.task._modules["0"].out_features, HB=router_kernel.HIDDEN_CHUNK, BLOCK_T=32,
                     NORM=False)
     r_launch = launcher.Launch(router_kernel, "_route_fwd")
@@ -90,10 +91,10 @@ def cases(seq: int):
         "torch_add": lambda: torch.add(a, a),
         "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True),
         "fa_ssa": lambda: fa_ssa.fa_ssa_prefill(q, k, v, modes, 4, 8, scale),
-        "fa_ssa_jit": lambda: fa_ssa._fa_ssa_fwd[(nq, 9)](*jit_args, **consts, **opts),
-        "fa_ssa_handle": lambda: fa_launch((nq, 9), handle_args, consts, opts),
+        "fa_ssa_jit": lambda: fa_ssa._fa_ssa_fwd[(nq, 9)](*jit_args[0], *jit_args[1], **consts, **opts),
+        "fa_ssa_handle": lambda: fa_launch((nq, 9), *handle_args, consts, opts),
         "router": lambda: router_kernel.route_fused(router, keys),
-        "router_handle": lambda: r_launch((3,), r_args, r_consts, dict(num_warps=4)),
+        "router_handle": lambda: r_launch((3,), *r_args, r_consts, dict(num_warps=4)),
     }
     for fn in run.values():
         fn()

@@ -47,7 +47,7 @@ class FakeKernel:
 @pytest.fixture
 def fake(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 0, raising=False)
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 7, raising=False)
     module = types.SimpleNamespace(kern=FakeKernel())
     return module, launcher.Launch(module, "kern")
@@ -56,8 +56,8 @@ def fake(monkeypatch):
 def test_cpu_second_launch_with_the_same_key_goes_through_the_handle(fake):
     module, launch = fake
     x = torch.zeros(64)
-    launch((4, 2), (x, 5, 100), dict(BLOCK=16), dict(num_warps=4))
-    launch((4, 2), (x, 5, 101), dict(BLOCK=16), dict(num_warps=4))  # LEN is not specialised on
+    launch((4, 2), (x,), (5, 100), dict(BLOCK=16), dict(num_warps=4))
+    launch((4, 2), (x,), (5, 101), dict(BLOCK=16), dict(num_warps=4))  # LEN is not specialised on
     log = module.kern.log
     assert [e[0] for e in log] == ["jit", "handle"]
     assert log[0][2:] == ((x, 5, 100), dict(BLOCK=16, num_warps=4))
@@ -71,21 +71,21 @@ def test_cpu_second_launch_with_the_same_key_goes_through_the_handle(fake):
 def test_cpu_any_specialised_change_goes_through_the_jit(fake, change):
     module, launch = fake
     base = torch.zeros(64)
-    launch((1,), (base, 5, 100), dict(BLOCK=16), dict(num_warps=4))
-    args, consts, options = (base, 5, 100), dict(BLOCK=16), dict(num_warps=4)
+    launch((1,), (base,), (5, 100), dict(BLOCK=16), dict(num_warps=4))
+    tensors, scalars, consts, options = (base,), (5, 100), dict(BLOCK=16), dict(num_warps=4)
     if change == "int":
-        args = (base, 6, 100)
+        scalars = (6, 100)
     elif change == "dtype":
-        args = (base.double(), 5, 100)
+        tensors = (base.double(),)
     elif change == "alignment":
-        args = (base[1:], 5, 100)  # 4 bytes past a 16-byte boundary
+        tensors = (base[1:],)  # 4 bytes past a 16-byte boundary
     elif change == "const":
         consts = dict(BLOCK=32)
     elif change == "option":
         options = dict(num_warps=8)
     else:
-        args = (base, 5, 2 ** 31)  # an unspecialised int that no longer fits in 32 bits
-    launch((1,), args, consts, options)
+        scalars = (5, 2 ** 31)  # an unspecialised int that no longer fits in 32 bits
+    launch((1,), tensors, scalars, consts, options)
     assert [e[0] for e in module.kern.log] == ["jit", "jit"]
     assert launch.hits == 0
 
@@ -94,7 +94,7 @@ def test_cpu_constexprs_out_of_order_are_refused(fake):
     module, launch = fake
     module.kern.arg_names = ["X", "N", "BLOCK", "LEN"]
     with pytest.raises(ValueError, match="constexprs must follow"):
-        launch((1,), (torch.zeros(4), 5, 100), dict(BLOCK=16), {})
+        launch((1,), (torch.zeros(4),), (5, 100), dict(BLOCK=16), {})
 
 
 def test_cpu_disabled_or_off_gpu_always_jit(fake, monkeypatch):
@@ -102,11 +102,11 @@ def test_cpu_disabled_or_off_gpu_always_jit(fake, monkeypatch):
     x = torch.zeros(64)
     monkeypatch.setattr(launcher, "ENABLED", False)
     for _ in range(2):
-        launch((1,), (x, 5, 100), dict(BLOCK=16), {})
+        launch((1,), (x,), (5, 100), dict(BLOCK=16), {})
     monkeypatch.setattr(launcher, "ENABLED", True)
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: False))
     for _ in range(2):
-        launch((1,), (x, 5, 100), dict(BLOCK=16), {})
+        launch((1,), (x,), (5, 100), dict(BLOCK=16), {})
     assert [e[0] for e in module.kern.log] == ["jit"] * 4 and not launch.handles
 
 

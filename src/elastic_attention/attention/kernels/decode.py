@@ -223,10 +223,10 @@ def decode_step(query, key, value, fa_keys, fa_values, fa_len: int, ssa_keys, ss
     group_p = triton.next_power_of_2(g)
     m, lsum, acc, arrived = _workspace(query.device, parts, n_fa + n_ssa, g, d)
     out = torch.empty_like(query)
-    _LAUNCH((parts,), (query, key, value, out, fa_keys, fa_values, ssa_keys, ssa_values, rows, heads,
-                       m, lsum, acc, arrived, scale * 1.4426950408889634,  # base-2 exponent
-                       hk, fa_keys.shape[1], ssa_keys.shape[1], n_fa, sf, chunk, fa_len, ss, chunk, ssa_len,
-                       ssa_slot),
+    _LAUNCH((parts,), (query, key, value, out, fa_keys, fa_values, ssa_keys, ssa_values, rows, heads, m, lsum, acc,
+                       arrived),
+            (scale * 1.4426950408889634,  # base-2 exponent
+             hk, fa_keys.shape[1], ssa_keys.shape[1], n_fa, sf, chunk, fa_len, ss, chunk, ssa_len, ssa_slot),
             dict(G=g, HEAD_DIM=d, BLOCK_G=block_g, BLOCK_N=block_n, GROUP_P=group_p,
                  BLOCK_S=max(1, MERGE // (group_p * d))),
             dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES))

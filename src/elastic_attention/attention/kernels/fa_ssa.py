@@ -172,8 +172,9 @@ def launch(q, k, v, modes, sink: int, local: int, scale: float, config, ssa_dens
     qb, qh, qs, _ = q.stride()
     kb, kh, ks, _ = k.stride()
     vb, vh, vs, _ = v.stride()
-    _LAUNCH((nq, b * hq), (q, k, v, out, modes, dens, float(ssa_density or 0.0), scale, qb, qh, qs, kb, kh, ks,
-                           vb, vh, vs, s * hq * d, d, hq * d, hq, hk, s, nq, nk, sink, local),
+    _LAUNCH((nq, b * hq), (q, k, v, out, modes, dens),
+            (float(ssa_density or 0.0), scale, qb, qh, qs, kb, kh, ks, vb, vh, vs, s * hq * d, d, hq * d, hq, hk, s,
+             nq, nk, sink, local),
             dict(HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, WRITE_DENS=ssa_density is not None),
             dict(num_warps=warps, num_stages=stages))
     return (out, dens) if ssa_density is not None else out

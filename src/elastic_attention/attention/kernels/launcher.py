@@ -26,13 +26,15 @@ MAX_HANDLES = 256  # distinct keys kept per kernel (one per prompt length and la
 
 
 class Launch:
-    """`Launch(module, "name")(grid, args, consts, options)` does `module.name[grid](*args, **consts, **options)`.
+    """`Launch(module, "name")(grid, tensors, scalars, consts, options)` does
+    `module.name[grid](*tensors, *scalars, **consts, **options)`.
 
     The kernel is looked up on its module at each call (a test or benchmark may put a recorder in its place).
-    args: the kernel's arguments before its constexprs, in order, the first a tensor; consts: the
-    constexprs by name, in the kernel's order; options: num_warps, num_stages. A call site passes the same
-    Python types at each position (a bool where a bool goes), as triton types arguments by their Python type.
-    Tensors off the GPU (triton's interpreter) always go through the JIT."""
+    tensors: the kernel's tensor arguments, which come first in its signature; scalars: the arguments that
+    follow them up to the constexprs (ints, floats, bools), in order; consts: the constexprs by name, in the
+    kernel's order; options: num_warps, num_stages. A call site passes the same Python types at each position
+    (a bool where a bool goes), as triton types arguments by their Python type. Tensors off the GPU
+    (triton's interpreter) always go through the JIT."""
 
     def __init__(self, module, name: str):
         self.module, self.name = module, name
@@ -40,37 +42,41 @@ class Launch:
         self.hits = 0
         self._kernel = self._loose = None
 
-    def _key(self, kernel, device, args, consts, options) -> tuple:
-        if kernel is not self._kernel:  # arguments triton does not specialise on: only their int type counts
+    def _key(self, kernel, device, tensors, scalars, consts, options) -> tuple:
+        if kernel is not self._kernel:  # scalars triton does not specialise on: only their int type counts
             params = getattr(kernel, "params", [])
-            self._kernel, self._loose = kernel, [i for i, p in enumerate(params) if p.do_not_specialize]
-        key = [(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a for a in args]
-        for i in self._loose:
-            key[i] = -2 ** 31 <= key[i] < 2 ** 31  # i32 or i64
-        return (kernel, device, *consts.values(), *options.values(), *key)
+            self._kernel = kernel
+            self._loose = [i - len(tensors) for i, p in enumerate(params) if p.do_not_specialize]
+        if self._loose:
+            scalars = list(scalars)
+            for i in self._loose:
+                scalars[i] = -2 ** 31 <= scalars[i] < 2 ** 31  # i32 or i64
+            scalars = tuple(scalars)
+        return (kernel, device, scalars, *consts.values(), *options.values(),
+                *[(t.dtype, t.data_ptr() % 16 == 0) for t in tensors])
 
-    def __call__(self, grid, args, consts: dict, options: dict):
+    def __call__(self, grid, tensors, scalars, consts: dict, options: dict):
         kernel = getattr(self.module, self.name)
-        if not (ENABLED and knobs is not None and args[0].is_cuda):
-            kernel[grid](*args, **consts, **options)
+        if not (ENABLED and knobs is not None and tensors[0].is_cuda):
+            kernel[grid](*tensors, *scalars, **consts, **options)
             return
-        device = torch.cuda.current_device()
-        key = self._key(kernel, device, args, consts, options)
+        device = torch._C._cuda_getDevice()  # torch.cuda.current_device() without its init check: the GPU is up
+        key = self._key(kernel, device, tensors, scalars, consts, options)
         handle = self.handles.get(key)
         if handle is None:
-            handle = kernel[grid](*args, **consts, **options)
+            handle = kernel[grid](*tensors, *scalars, **consts, **options)
             if hasattr(handle, "packed_metadata"):  # a compiled kernel (not a recorder's or interpreter's return)
-                names = list(kernel.arg_names)
-                if names != [*names[:len(args)], *consts]:  # the direct launch passes constexprs in this order
+                names, n = list(kernel.arg_names), len(tensors) + len(scalars)
+                if names != [*names[:n], *consts]:  # the direct launch passes constexprs in this order
                     raise ValueError(f"{self.name}: constexprs must follow the other arguments in the kernel's "
-                                     f"order {names[len(args):]}; got {list(consts)}")
+                                     f"order {names[n:]}; got {list(consts)}")
                 if len(self.handles) >= MAX_HANDLES:
                     self.handles.clear()
                 self.handles[key] = handle
             return
         self.hits += 1
         stream = torch._C._cuda_getCurrentRawStream(device)
-        full = (*args, *consts.values())
+        full = (*tensors, *scalars, *consts.values())
         gx, gy, gz = (*grid, 1, 1)[:3]
         handle.run(gx, gy, gz, stream, handle.function, handle.packed_metadata,
                    handle.launch_metadata(grid, stream, *full),

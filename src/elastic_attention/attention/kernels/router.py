@@ -114,7 +114,8 @@ def route_fused(router, keys: torch.Tensor, shift: float = 0.0, tensors: list[to
     norm = router.norm == "standardize"
     # Without standardisation the three pointers are never read: any tensor on the device will do.
     weights = (tensors or _tensors(router)) + ([] if norm else [out, out, out])
-    _LAUNCH((b * h,), (keys, out, *weights, s, h, n1, n2, keys.stride(0), keys.stride(1), keys.stride(2), float(shift)),
+    _LAUNCH((b * h,), (keys, out, *weights),
+            (s, h, n1, n2, keys.stride(0), keys.stride(1), keys.stride(2), float(shift)),
             dict(D=d, HID=router.task._modules["0"].out_features, HB=HIDDEN_CHUNK, BLOCK_T=32, NORM=norm),
             dict(num_warps=4))
     return out[0], out[1]
