@@ -56,3 +56,16 @@ def queued_ms(fn, n: int = 20, busy_ms_target: float = 20.0) -> float:
     for _ in range(int(busy_ms_target / max(one, 1e-3)) + 1):
         a @ a
     return _per_call_ms(fn, n)
+
+
+def save_json(path, rows) -> None:
+    """Write rows to `path` (under benchmarks/results) and, when OUT is set (the lent GPU machine), a copy
+    to $OUT under the same name, which comes back from that machine."""
+    import json
+    import os
+    from pathlib import Path
+
+    data = json.dumps(rows, indent=1)
+    Path(path).write_text(data)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], Path(path).name).write_text(data)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -36,6 +35,8 @@ import torch.nn.functional as F
 from elastic_attention.attention import FA, SSA
 from elastic_attention.attention.kernels import fa_ssa, launcher, router as router_kernel
 from elastic_attention.router import AttentionRouter
+
+from cuda_timing import save_json  # benchmarks/ sits on sys.path when a script here runs
 
 RESULTS = Path(__file__).parent / "results" / "launch_overhead.json"
 
@@ -130,10 +131,7 @@ def main():
         print(f"  {r['case']:14} {r['host_us']:8.2f}")
     print(" ", checks)
     old = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-    data = json.dumps([r for r in old if r.get("run") != args.run] + rows, indent=1)
-    RESULTS.write_text(data)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "launch_overhead.json").write_text(data)
+    save_json(RESULTS, [r for r in old if r.get("run") != args.run] + rows)
     return 0
 
 

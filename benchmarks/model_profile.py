@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 import elastic_attention as ea
 from elastic_attention.config import ElasticConfig
 
+from cuda_timing import save_json  # benchmarks/ sits on sys.path when a script here runs
 from model_prefill import MODELS, random_model, static_mask  # benchmarks/ sits on sys.path when a script here runs
 
 RESULTS = Path(__file__).parent / "results" / "model_profile.json"
@@ -75,10 +75,7 @@ def main():
                          kernels=table, command="python benchmarks/model_profile.py " + " ".join(sys.argv[1:])))
     old = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     keep = [r for r in old if (r["model"], r["S"], r["run"]) != (args.model, args.seq, args.run)]
-    data = json.dumps(keep + rows, indent=1)
-    RESULTS.write_text(data)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "model_profile.json").write_text(data)
+    save_json(RESULTS, keep + rows)
     return 0
 
 

@@ -14,8 +14,6 @@ Writes benchmarks/results/split_sparse.json (and $OUT/split_sparse.json when OUT
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -28,7 +26,7 @@ from elastic_attention.attention import FA, SSA
 from elastic_attention.attention import kernels
 from elastic_attention.config import ElasticConfig
 
-from cuda_timing import warm_median_ms  # benchmarks/ sits on sys.path when a script here runs
+from cuda_timing import save_json, warm_median_ms  # benchmarks/ sits on sys.path when a script here runs
 
 RESULTS = Path(__file__).parent / "results" / "split_sparse.json"
 
@@ -79,10 +77,7 @@ def main():
         del q, k, v, flex, fused, full
         torch.cuda.empty_cache()
     kernels.SPLIT_SPARSE = "fused"
-    data = json.dumps(rows, indent=1)
-    RESULTS.write_text(data)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "split_sparse.json").write_text(data)
+    save_json(RESULTS, rows)
     return 0
 
 
