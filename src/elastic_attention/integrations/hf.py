@@ -153,6 +153,11 @@ class LayerState:
     def density_when_read(self, modes: torch.Tensor, length: int, config) -> None:
         self._density, self._density_of = None, (modes, length, config)
 
+    @property
+    def density_set(self) -> bool:
+        """Whether this prefill's density is known or pending (reading `density` would compute it)."""
+        return self._density is not None or self._density_of is not None
+
     def capture_keys(self, on: bool) -> None:
         if on and self.hook is None:
             self.hook = self.key_source.register_forward_hook(_capture_keys(self))
@@ -271,6 +276,8 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
     if prefill:
         state.route(None if masks.plain_causal else valid_keys(masks.allowed), b, query.device)
     state.keys = None
+    # An unpadded FA / SSA prefill's density follows from the modes and the length: computed when read.
+    lazy_density = prefill and masks.plain_causal and sq == key.shape[2] and XA not in state.possible_modes
 
     learner = rt.gate if rt.gate is not None else state.router
     if rt.forced is None and learner.training:
@@ -287,10 +294,8 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
           and kwargs.get("sliding_window") is None and fast_prefill_supported(query, key)):
         # CUDA prefill: all heads from the decisions in fused kernels; density computed analytically.
         pad = None if masks.plain_causal else masks.allowed[:, 0, -1, :]  # last row = real keys
-        if masks.plain_causal and XA not in state.possible_modes:
+        if lazy_density:
             out = hybrid_prefill(query, key, value, state.modes, cfg, scale, possible_modes=state.possible_modes)
-            if state.density is None:
-                state.density_when_read(state.modes, sq, cfg)
         else:
             out, state.density = hybrid_prefill(query, key, value, state.modes, cfg, scale, key_padding=pad,
                                                 return_density=True, possible_modes=state.possible_modes)
@@ -301,8 +306,11 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
                   and not rt.capture_last_row)
         out = hybrid_attention(query, key, value, state.modes, masks, scale, rt.backend,
                                ssa_window=(cfg.sink, cfg.local) if banded else None)
-    if prefill and state._density is None and state._density_of is None:
-        state.density = masks.density(state.modes, state.possible_modes)
+    if prefill and not state.density_set:
+        if lazy_density:
+            state.density_when_read(state.modes, sq, cfg)
+        else:
+            state.density = masks.density(state.modes, state.possible_modes)
     if rt.capture_last_row:
         state.last_row = _last_row_probs(query, key, head_masks(state.modes, masks.allowed, query, key, scale, cfg),
                                          scale)

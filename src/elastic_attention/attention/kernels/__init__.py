@@ -112,7 +112,7 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
     if backend == "fused":
         return _fused(q, k, v, modes, config, scale, key_padding, return_density)
     if (backend == "auto" and known and known <= {FA, SSA} and known != {FA} and q.is_cuda
-            and b * hq * s * s * d < FUSED_MAX_WORK and fa_ssa.supported(q, k) and v.stride(-1) == 1):
+            and b * hq * s * s * d < FUSED_MAX_WORK and fa_ssa.supported(q, k, v)):
         return fa_ssa.launch(q, k, v, modes, config.sink, config.local, scale, fa_ssa.CONFIGS[d],
                              ssa_density(s, config) if return_density else None)
     if backend == "auto" and known == {FA}:  # every head full, known without reading the decisions
@@ -162,7 +162,7 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
             cudnn_band.ssa_attention(q[row:row + 1, h0 * g:h1 * g], k[row:row + 1, h0:h1],
                                      v[row:row + 1, h0:h1], out[row:row + 1, h0 * g:h1 * g],
                                      config.sink, config.local, scale)
-    elif runs and SPLIT_SPARSE == "fused" and not has_xa and on_cuda and fa_ssa.supported(q, k) and v.stride(-1) == 1:
+    elif runs and SPLIT_SPARSE == "fused" and not has_xa and on_cuda and fa_ssa.supported(q, k, v):
         # SSA heads in the fused kernel, reading the model's layout in place; the FA heads, skipped there,
         # come from the side stream below.
         out = fa_ssa.launch(q, k, v, torch.where(modes == FA, fa_ssa.SKIP, modes), config.sink, config.local,

@@ -125,10 +125,11 @@ if HAVE_TRITON:
 _LAUNCH = Launch(sys.modules[__name__], "_fa_ssa_fwd")
 
 
-def supported(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """Shapes this kernel runs: a causal prefill (q and k of one length), head_dim 64 or 128, GQA."""
+def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Shapes this kernel runs: a causal prefill (q and k of one length), head_dim 64 or 128, GQA, the last
+    stride of q, k and v 1."""
     return (HAVE_TRITON and q.shape[2] == k.shape[2] and q.shape[-1] in CONFIGS and q.shape[1] % k.shape[1] == 0
-            and q.stride(-1) == 1 and k.stride(-1) == 1)
+            and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1)
 
 
 def fa_ssa_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, modes: torch.Tensor, sink: int, local: int,
@@ -147,7 +148,7 @@ def fa_ssa_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, modes: tor
     if not HAVE_TRITON:
         raise RuntimeError("the fused FA/SSA prefill kernel needs triton")
     d = q.shape[-1]
-    if not supported(q, k) or v.stride(-1) != 1:
+    if not supported(q, k, v):
         raise ValueError(f"fa_ssa_prefill runs q [b, hq, s, d] and k, v [b, hk, s, d] of one length with head_dim "
                          f"in {sorted(CONFIGS)} and the last stride 1; got q {list(q.shape)}, k {list(k.shape)}; "
                          "hybrid_prefill's backend 'auto' or 'flex' runs other shapes")
