@@ -63,7 +63,7 @@ def compile_launch(kernel, launch, capability: int):
             signature[param.name] = "fp32"
         else:
             raise TypeError(f"{kernel.__name__}: argument {param.name} = {value!r} of a type this test does not map")
-    options = {key: kwargs[key] for key in ("num_warps", "num_stages") if key in kwargs}
+    options = {key: kwargs[key] for key in ("num_warps", "num_stages", "launch_pdl") if key in kwargs}
     return triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", capability, 32),
                           options=options)
 
@@ -73,7 +73,9 @@ def bf16(*shape):
 
 
 def decode_launch(monkeypatch, capability, hq, hk, d, fa_heads, seq, sink, local):
-    """decode_step on a one-row layout with `fa_heads` FA pairs and the rest SSA, as on an H100's 132 SMs."""
+    """decode_step on a one-row layout with `fa_heads` FA pairs and the rest SSA, as on an H100's 132 SMs,
+    launched with programmatic dependent launch where the GPU has it (sm_90), as decode._pdl decides there."""
+    monkeypatch.setattr(decode, "_pdl", lambda device: capability >= 90)
     n_ssa = hk - fa_heads
     width = min(seq, sink + local)
     rows = torch.zeros(hk, dtype=torch.int32)
@@ -122,6 +124,8 @@ def test_kernel_compiles_for_the_gpu(monkeypatch, name, capability):
     kernel, launch = LAUNCHES[name](monkeypatch, capability)
     compiled = compile_launch(kernel, launch, capability)
     assert compiled.asm["cubin"], f"{name}: no cubin for sm_{capability}"
+    if launch[1].get("launch_pdl"):  # launched early: the programs wait for the kernel before on the GPU
+        assert "griddepcontrol.wait" in compiled.asm["ptx"], f"{name}: launched with PDL but never waits"
     assert compiled.metadata.shared <= TARGETS[capability], (
         f"{name}: {compiled.metadata.shared} bytes of shared memory, more than sm_{capability}'s "
         f"{TARGETS[capability]}")
