@@ -7,23 +7,20 @@ benchmarks/decode_kernel.py fits a step's time to a fixed cost plus its bytes at
 bytes at 4.55 TB/s on an H200): this script splits that time. The kernel of attention/kernels/decode.py is
 compiled a second time with `%globaltimer` (ns) stored by every program at: its start (t0), after waiting
 for the kernel before (t1, PDL only), after its chunk of keys (t2), when it finds itself its pair's last chunk
-and starts the merge (t3), after the merge (t4); with merge groups (decode.MERGE_GROUP), t3 and t4 are the
-pair's last merge, over the groups (--groups compares group sizes). The source is the shipped kernel's, with the five reads
+and starts the merge (t3), after the merge (t4). The source is the shipped kernel's, with the five reads
 inserted (nothing else changes), so the timings are the kernel's own. --steps steps of one layout are
 queued behind matmuls (the GPU runs them back to back, as generate.py times them), with and without PDL.
 
 Per layout and setting, medians over the steps (us): span (the first program past its wait to the last
-one's end), gap (previous step's end to this one's first program past its wait), start spread (first to last program start), wait
-(t1 - t0, longest), chunk time (t2 - t1: shortest, median, longest), tail (latest t2 to the step's end:
-the last chunk's arrival and the merge after it), merge (t4 - t3, longest).
+one's end), gap (previous step's end to this one's first program past its wait), start spread (first to
+last program start), wait (t1 - t0, longest), chunk time (t2 - t1: shortest, median, longest), tail
+(latest t2 to the step's end: the last chunk's arrival and the merge after it), merge (t4 - t3, longest).
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
-import itertools
-import json
 import os
 import statistics
 import sys
@@ -61,7 +58,7 @@ def timed_kernel():
         indent = lines[at[0]][:len(lines[at[0]]) - len(lines[at[0]].lstrip())]
         lines.insert(at[0] + (where == "after"), indent + clock.format(i=i, c=c, arg=arg))
     src = "\n".join(lines) + "\n"
-    namespace = {"tl": tl, "triton": triton, "_merge": decode._merge}
+    namespace = {"tl": tl, "triton": triton}
     path = os.path.join(os.environ.get("TMPDIR", "/tmp"), "decode_timed_kernel.py")
     with open(path, "w") as f:  # triton reads a kernel's source from its file
         f.write("import triton\nimport triton.language as tl\n\n\n" + src)
@@ -109,12 +106,11 @@ def main(argv=None):
     ap.add_argument("--seq", type=int, default=131072)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--fa", default="2,3,8", help="FA heads of the 8B layer's 8, one layout each")
-    ap.add_argument("--groups", default=str(decode.MERGE_GROUP), help="decode.MERGE_GROUP values to compare")
     ap.add_argument("--out", default="benchmarks/results/decode_timeline.json")
     args = ap.parse_args(argv)
     hq, hk, d, sink, local, _ = LAYOUTS["8b"]
     timed = WithClock(timed_kernel())
-    shipped, enabled, pdl_default, group_default = decode._decode, launcher.ENABLED, decode.PDL, decode.MERGE_GROUP
+    shipped, enabled, pdl_default = decode._decode, launcher.ENABLED, decode.PDL
     launcher.ENABLED = False  # the JIT path on every launch: the handle would leave out the clock buffer
     decode._decode = timed
     base = dict(card=torch.cuda.get_device_name(), date=time.strftime("%Y-%m-%d"), torch=torch.__version__,
@@ -127,8 +123,8 @@ def main(argv=None):
             for n_fa in map(int, args.fa.split(",")):
                 compact, q, k, v = layout(hq, hk, d, sink, local, n_fa, args.seq, 1)
                 step_args = compact.decode_args(q, k, v, d ** -0.5)
-                for pdl, group in itertools.product((False, True), map(int, args.groups.split(","))):
-                    decode.PDL, decode.MERGE_GROUP = pdl, group
+                for pdl in (False, True):
+                    decode.PDL = pdl
                     timed.buffer = torch.zeros(1 << 16, 5, dtype=torch.int64, device="cuda")
                     decode.decode_step(*step_args)  # compiles
                     torch.cuda.synchronize()
@@ -140,13 +136,13 @@ def main(argv=None):
                         timed.buffer = clocks[i]
                         decode.decode_step(*step_args)
                     torch.cuda.synchronize()
-                    row = dict(base, n_fa=n_fa, pdl=pdl, merge_group=group, programs=parts, **summarise(clocks.cpu()))
+                    row = dict(base, n_fa=n_fa, pdl=pdl, programs=parts, **summarise(clocks.cpu()))
                     rows.append(row)
                     print(" ".join(f"{key}={val:.2f}" if isinstance(val, float) else f"{key}={val}"
                                    for key, val in row.items() if key not in base), flush=True)
                 del compact
     finally:
-        decode._decode, launcher.ENABLED, decode.PDL, decode.MERGE_GROUP = shipped, enabled, pdl_default, group_default
+        decode._decode, launcher.ENABLED, decode.PDL = shipped, enabled, pdl_default
     save_json(args.out, rows)
 
 

@@ -369,8 +369,7 @@ def test_training_mode_is_refused():
 
 # The decode kernel (attention/kernels/decode.py) against CompactKV's SDPA path, step by step: outputs and
 # the buffers it writes the new token into. Cases: the SSA ring wrapping, SSA buffers still growing, FA
-# keys over several chunks, rows with different decisions, one layout empty, the FA buffer out of room; each
-# with the chunks merged at once and in groups.
+# keys over several chunks, rows with different decisions, one layout empty, the FA buffer out of room.
 _DECODE_SCRIPT = r"""
 import copy, torch
 from elastic_attention import cache as C
@@ -389,10 +388,9 @@ cases = [  # b, hk, groups, prompt, d, sink, local, steps, modes
     (1, 2, 2, 30, 16, 4, 8, 3, [[SSA, SSA]]),
     (1, 2, 2, 30, 16, 4, 8, 3, [[FA, FA]]),
     (2, 2, 1, 90, 16, 4, 8, 3, [[FA, SSA], [SSA, SSA]]),  # one query head a KV head (no GQA)
-    (1, 2, 2, 700, 16, 4, 8, 3, [[FA, SSA]]),  # 6 FA chunks: merged in groups of 2 or 4 (then 4 + 2), or not
+    (1, 2, 2, 700, 16, 4, 8, 3, [[FA, SSA]]),  # 6 FA chunks, merged over 3 loads
 ]
-for (b, hk, g, s, d, sink, local, steps, modes), group in [(c, n) for c in cases for n in (0, 2, 4)]:
-    decode.MERGE_GROUP = group
+for b, hk, g, s, d, sink, local, steps, modes in cases:
     keys, values = torch.randn(b, hk, s, d), torch.randn(b, hk, s, d)
     ref = C.CompactKV(keys, values, torch.tensor(modes), None, sink, local)
     fast = copy.deepcopy(ref)
@@ -401,7 +399,7 @@ for (b, hk, g, s, d, sink, local, steps, modes), group in [(c, n) for c in cases
         want = ref.extend_and_attend(q, k, v, d ** -0.5)
         got = fast._decode_kernel(q, k, v, d ** -0.5)
         err = (got - want).abs().max().item()
-        assert err < 1e-5, (b, hk, s, group, step, err)
+        assert err < 1e-5, (b, hk, s, step, err)
         assert torch.equal(fast.ssa_keys, ref.ssa_keys) and torch.equal(fast.ssa_values, ref.ssa_values)
         assert fast.fa_len == ref.fa_len and torch.equal(fast.count, ref.count)
         assert torch.equal(fast.fa_keys[:, :fast.fa_len], ref.fa_keys[:, :ref.fa_len])

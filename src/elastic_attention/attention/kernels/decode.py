@@ -42,7 +42,6 @@ BLOCK_N = 128  # keys per inner step (fewer for head_dim > 128: a K and a V tile
 MIN_CHUNK = 256  # keys per program at least: below it the partial results cost more traffic than they save
 MAX_CHUNKS = 1024  # chunks a pair at most (the merge walks them MERGE at a time)
 MERGE = 16384  # partial results (fp32 values) the merging program loads at once
-MERGE_GROUP = 8  # a pair's chunks merged in groups of this many first (0: the pair's last chunk merges all)
 PROGRAMS_PER_SM = 1  # programs a launch aims at, per SM: one wave (benchmarks/decode_kernel.py)
 NUM_WARPS, NUM_STAGES = 4, 3
 # Programmatic dependent launch (Hopper and later): a step's launch is processed while the kernel before it
@@ -54,11 +53,11 @@ _WORK: dict = {}  # per device: the partial results' buffers, reused step after 
 
 if HAVE_TRITON:
     # Lengths and slots change every step: compiled once for any value, not per divisibility class.
-    @triton.jit(do_not_specialize=["SF", "CHUNK_F", "LEN_F", "SS", "CHUNK_S", "LEN_S", "SLOT_S", "NPAIRS"])
+    @triton.jit(do_not_specialize=["SF", "CHUNK_F", "LEN_F", "SS", "CHUNK_S", "LEN_S", "SLOT_S"])
     def _decode(Q, K1, V1, O, KF, VF, KS, VS, ROWS, HEADS, M_W, L_W, ACC_W, ARRIVED, qk_scale,
-                HK, CAP_F, WIDTH_S, NF, SF, CHUNK_F, LEN_F, SS, CHUNK_S, LEN_S, SLOT_S, NPAIRS,
+                HK, CAP_F, WIDTH_S, NF, SF, CHUNK_F, LEN_F, SS, CHUNK_S, LEN_S, SLOT_S,
                 G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-                GROUP_P: tl.constexpr, BLOCK_S: tl.constexpr, GROUP: tl.constexpr, WAIT: tl.constexpr):
+                GROUP_P: tl.constexpr, BLOCK_S: tl.constexpr, WAIT: tl.constexpr):
         pid = tl.program_id(0)
         if WAIT:  # launched early (PDL): every load and store waits for the kernel before to finish
             tl.extra.cuda.gdc_wait()
@@ -124,66 +123,32 @@ if HAVE_TRITON:
         tl.store(L_W + pid * G + offs_g, l_i, mask=g_ok)
         tl.store(ACC_W + (pid * G + offs_g[:, None]) * HEAD_DIM + offs_d[None, :], acc, mask=g_ok[:, None])
 
-        # The last chunk of a group of GROUP to finish merges the group's partial results into its first slot
-        # (groups finish on many SMs at once); the pair's last group to finish merges the groups. Without
-        # groups (GROUP 0, or chunks <= GROUP) the pair's last chunk merges all chunks. acq_rel atomics:
-        # a merging program sees the stores of every chunk (or group) counted before it.
-        go = pid >= 0
-        parts = chunks
-        stride = chunks * 0 + 1
-        if GROUP > 0:
-            if chunks > GROUP:
-                g0 = first + ((pid - first) // GROUP) * GROUP
-                size = tl.minimum(GROUP, first + chunks - g0)
-                go = tl.atomic_add(ARRIVED + NPAIRS + g0, 1) == size - 1
-                if go:
-                    tl.store(ARRIVED + NPAIRS + g0, 0)  # ready for the next step
-                    g_top, g_den, g_num = _merge(M_W, L_W, ACC_W, g0, size, 1,
-                                                 tl.full([GROUP_P], float("-inf"), tl.float32),
-                                                 tl.zeros([GROUP_P], tl.float32),
-                                                 tl.zeros([GROUP_P, HEAD_DIM], tl.float32),
-                                                 offs_p, p_ok, offs_d, G, HEAD_DIM, BLOCK_S)
-                    tl.store(M_W + g0 * G + offs_p, g_top, mask=p_ok)
-                    tl.store(L_W + g0 * G + offs_p, g_den, mask=p_ok)
-                    tl.store(ACC_W + (g0 * G + offs_p[:, None]) * HEAD_DIM + offs_d[None, :], g_num,
-                             mask=p_ok[:, None])
-                parts = tl.cdiv(chunks, GROUP)
-                stride = chunks * 0 + GROUP
-        if go:
-            if tl.atomic_add(ARRIVED + pair, 1) == parts - 1:
-                tl.store(ARRIVED + pair, 0)  # ready for the next step
-                # the new token starts the merge: its weight exp2(score - top) = 1, top its own score so far
-                top, den, num = _merge(M_W, L_W, ACC_W, first, parts, stride, top, tl.full([GROUP_P], 1.0, tl.float32),
-                                       tl.zeros([GROUP_P, HEAD_DIM], tl.float32) + v1.to(tl.float32)[None, :],
-                                       offs_p, p_ok, offs_d, G, HEAD_DIM, BLOCK_S)
-                tl.store(O + (q_row + offs_p[:, None]) * HEAD_DIM + offs_d[None, :],
-                         (num / den[:, None]).to(O.dtype.element_ty), mask=p_ok[:, None])
-                # the new token into its slot: no chunk of this step reads it (FA: past the keys; SSA: skipped)
-                tl.store(k_base + slot.to(tl.int64) * HEAD_DIM + offs_d, k1)
-                tl.store(v_base + slot.to(tl.int64) * HEAD_DIM + offs_d, v1)
-
-    @triton.jit
-    def _merge(M_W, L_W, ACC_W, first, count, stride, top, den, num, offs_p, p_ok, offs_d,
-               G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
-        """Partial results first, first + stride, ... (count of them) merged online into (top, den, num):
-        all of the group's query heads at once, BLOCK_S partial results x GROUP_P heads a load."""
-        offs_s = tl.arange(0, BLOCK_S)
-        for c0 in range(0, count, BLOCK_S):
-            part = first + (c0 + offs_s) * stride
-            ok = (c0 + offs_s < count)[:, None] & p_ok[None, :]
-            at = part[:, None] * G + offs_p[None, :]  # [parts, heads] rows of the partial results
-            m_c = tl.load(M_W + at, mask=ok, other=float("-inf"), cache_modifier=".cg")
-            l_c = tl.load(L_W + at, mask=ok, other=0.0, cache_modifier=".cg")
-            a_c = tl.load(ACC_W + at[:, :, None] * HEAD_DIM + offs_d[None, None, :], mask=ok[:, :, None],
-                          other=0.0, cache_modifier=".cg")
-            new_top = tl.maximum(tl.max(m_c, 0), top)
-            safe = tl.where(new_top == float("-inf"), 0.0, new_top)  # a group of empty chunks: no weight
-            w_c = tl.math.exp2(m_c - safe[None, :])
-            old = tl.math.exp2(top - safe)
-            den = den * old + tl.sum(l_c * w_c, 0)
-            num = num * old[:, None] + tl.sum(a_c * w_c[:, :, None], 0)
-            top = new_top
-        return top, den, num
+        # The pair's last chunk to finish merges them all (acq_rel: it sees every chunk's stores).
+        if tl.atomic_add(ARRIVED + pair, 1) == chunks - 1:
+            tl.store(ARRIVED + pair, 0)  # ready for the next step
+            # All of the group's query heads at once: a load of BLOCK_S chunks x GROUP_P heads a round.
+            offs_s = tl.arange(0, BLOCK_S)
+            den = tl.full([GROUP_P], 1.0, tl.float32)  # its weight exp2(score - top), top its own score so far
+            num = tl.zeros([GROUP_P, HEAD_DIM], tl.float32) + v1.to(tl.float32)[None, :]
+            for c0 in range(0, chunks, BLOCK_S):  # the pair's chunks, merged online
+                part = first + c0 + offs_s
+                ok = (c0 + offs_s < chunks)[:, None] & p_ok[None, :]
+                at = part[:, None] * G + offs_p[None, :]  # [chunks, heads] rows of the partial results
+                m_c = tl.load(M_W + at, mask=ok, other=float("-inf"), cache_modifier=".cg")
+                l_c = tl.load(L_W + at, mask=ok, other=0.0, cache_modifier=".cg")
+                a_c = tl.load(ACC_W + at[:, :, None] * HEAD_DIM + offs_d[None, None, :], mask=ok[:, :, None],
+                              other=0.0, cache_modifier=".cg")
+                new_top = tl.maximum(tl.max(m_c, 0), top)  # finite: the new token's score is
+                w_c = tl.math.exp2(m_c - new_top[None, :])
+                old = tl.math.exp2(top - new_top)
+                den = den * old + tl.sum(l_c * w_c, 0)
+                num = num * old[:, None] + tl.sum(a_c * w_c[:, :, None], 0)
+                top = new_top
+            tl.store(O + (q_row + offs_p[:, None]) * HEAD_DIM + offs_d[None, :],
+                     (num / den[:, None]).to(O.dtype.element_ty), mask=p_ok[:, None])
+            # the new token into its slot: no chunk of this step reads it (FA: past the keys; SSA: skipped)
+            tl.store(k_base + slot.to(tl.int64) * HEAD_DIM + offs_d, k1)
+            tl.store(v_base + slot.to(tl.int64) * HEAD_DIM + offs_d, v1)
 
 
 _LAUNCH = Launch(sys.modules[__name__], "_decode")
@@ -222,15 +187,15 @@ def _chunks(fa_len: int, n_fa: int, ssa_len: int, n_ssa: int, programs: int, blo
 
 
 def _workspace(device, parts: int, pairs: int, g: int, d: int):
-    """m, l [parts, g], acc [parts, g, d] (fp32) and the arrival counters [pairs + parts] (int32: a pair's,
-    then a group's at its first chunk's index; zero between steps: the kernel resets them), views of buffers kept per device. A step's kernel uses them in stream
+    """m, l [parts, g], acc [parts, g, d] (fp32) and the arrival counters [pairs] (int32, zero between
+    steps: the kernel resets them), views of buffers kept per device. A step's kernel uses them in stream
     order, so the next step may reuse them; decode steps on two streams of one device at once would share
     them (generation runs on one stream)."""
     need = parts * g * (d + 2)
     work = _WORK.get(device)
-    if work is None or work[0].numel() < need or work[1].numel() < pairs + parts:
+    if work is None or work[0].numel() < need or work[1].numel() < pairs:
         work = _WORK[device] = (torch.empty(max(need, 1 << 20), device=device, dtype=torch.float32),
-                                torch.zeros(max(pairs + parts, 4096), device=device, dtype=torch.int32))
+                                torch.zeros(max(pairs, 1024), device=device, dtype=torch.int32))
     buf, arrived = work
     n = parts * g
     return buf[:n].view(parts, g), buf[n:2 * n].view(parts, g), buf[2 * n:need].view(parts, g, d), arrived
@@ -278,10 +243,9 @@ def decode_step(query, key, value, fa_keys, fa_values, fa_len: int, ssa_keys, ss
     _LAUNCH((parts,), (query, key, value, out, fa_keys, fa_values, ssa_keys, ssa_values, rows, heads, m, lsum, acc,
                        arrived),
             (scale * 1.4426950408889634,  # base-2 exponent
-             hk, fa_keys.shape[1], ssa_keys.shape[1], n_fa, sf, chunk, fa_len, ss, chunk, ssa_len, ssa_slot,
-             n_fa + n_ssa),
+             hk, fa_keys.shape[1], ssa_keys.shape[1], n_fa, sf, chunk, fa_len, ss, chunk, ssa_len, ssa_slot),
             dict(G=g, HEAD_DIM=d, BLOCK_G=block_g, BLOCK_N=block_n, GROUP_P=group_p,
-                 BLOCK_S=max(1, MERGE // (group_p * d)), GROUP=MERGE_GROUP, WAIT=pdl),
+                 BLOCK_S=max(1, MERGE // (group_p * d)), WAIT=pdl),
             dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES, launch_pdl=pdl) if pdl else
             dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES))
     return out
