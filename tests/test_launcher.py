@@ -67,6 +67,32 @@ def test_cpu_second_launch_with_the_same_key_goes_through_the_handle(fake):
     assert launch.hits == 1
 
 
+class Chain:
+    """Stands in for triton's HookChain: the hooks it calls."""
+
+    def __init__(self, *calls):
+        self.calls = list(calls)
+
+
+@pytest.mark.parametrize("hooks", ["none", "empty chains", "a hook"])
+def test_cpu_launch_metadata_and_hooks_only_when_a_hook_is_set(fake, monkeypatch, hooks):
+    """Without a hook (None, or empty chains as triton >= 3.5 keeps) the handle launch passes no launch metadata
+    and no hooks; with one (a profiler's) it passes the handle's launch metadata and the hooks, as triton does."""
+    module, launch = fake
+    enter, leave = {"none": (None, None), "empty chains": (Chain(), Chain()), "a hook": (Chain(print), Chain())}[hooks]
+    monkeypatch.setattr(launcher, "knobs", types.SimpleNamespace(
+        runtime=types.SimpleNamespace(launch_enter_hook=enter, launch_exit_hook=leave)))
+    monkeypatch.setattr(FakeHandle, "launch_metadata", lambda self, grid, stream, *args: ("metadata", grid, args))
+    x = torch.zeros(64)
+    for _ in range(2):
+        launch((4,), (x,), (5, 100), dict(BLOCK=16), {})
+    passed = module.kern.log[1][1][6:9]
+    if hooks == "a hook":
+        assert passed == (("metadata", (4,), (x, 5, 100, 16)), enter, leave)
+    else:
+        assert passed == (None, None, None)
+
+
 @pytest.mark.parametrize("change", ["int", "dtype", "alignment", "const", "option", "wide_len"])
 def test_cpu_any_specialised_change_goes_through_the_jit(fake, change):
     module, launch = fake

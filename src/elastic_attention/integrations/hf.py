@@ -19,7 +19,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from ..attention import FA, MODE_IDS, allowed_from_hf_mask, attention, head_masks, hybrid_attention
 from ..attention.masks import SSA, XA, mode_mask, ssa_pair_count, valid_keys
-from ..attention.kernels import hybrid_prefill, supported as fast_prefill_supported
+from ..attention.kernels import fused_prefill, hybrid_prefill, supported as fast_prefill_supported
 from ..config import ElasticConfig
 from ..router import AttentionRouter
 
@@ -270,30 +270,41 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
     if cache is not None and cache.compacted:
         return cache.attend(query, scale, kwargs.get("position_ids")).transpose(1, 2).contiguous(), None
     b, hq, sq, _ = query.shape
-    masks = ModeMasks(attention_mask, query, key, scale, cfg)
+    plain_causal = attention_mask is None  # nothing padded: FA needs no mask at all
+    masks = None if plain_causal else ModeMasks(attention_mask, query, key, scale, cfg)
 
     prefill = sq == key.shape[2] or state.modes is None or state.modes.shape[0] != b
     if prefill:
-        state.route(None if masks.plain_causal else valid_keys(masks.allowed), b, query.device)
+        state.route(None if plain_causal else valid_keys(masks.allowed), b, query.device)
     state.keys = None
     # An unpadded FA / SSA prefill's density follows from the modes and the length: computed when read.
-    lazy_density = prefill and masks.plain_causal and sq == key.shape[2] and XA not in state.possible_modes
+    lazy_density = prefill and plain_causal and sq == key.shape[2] and XA not in state.possible_modes
 
     learner = rt.gate if rt.gate is not None else state.router
-    if rt.forced is None and learner.training:
+    training = rt.forced is None and learner.training
+    out = None
+    if (lazy_density and not training and state.possible_modes != (FA,) and query.is_cuda and rt.fast_prefill
+            and rt.backend == "sdpa" and not rt.capture_last_row and kwargs.get("sliding_window") is None):
+        # A CUDA prefill of FA / SSA heads, nothing padded: the fused kernel and nothing else (a small model's
+        # prefill is bound by the host, so every step here counts); None where the kernel does not apply.
+        out = fused_prefill(query, key, value, state.modes, cfg, scale)
+    if out is not None:
+        pass
+    elif training:
+        masks = masks or ModeMasks(attention_mask, query, key, scale, cfg)
         # Training: both modes run; the straight-through r mixes them so gradients reach the router.
         out_full = attention(query, key, value, masks[MODE_IDS[cfg.retrieval_mode]], scale, rt.backend)
         out_sparse = attention(query, key, value, masks[MODE_IDS[cfg.sparse_mode]], scale, rt.backend)
         r = state.decisions.repeat_interleave(hq // rt.kv_heads, dim=1)[:, :, None, None].to(query.dtype)
         out = r * out_sparse + (1 - r) * out_full
-    elif state.possible_modes == (FA,) and masks.plain_causal:
+    elif state.possible_modes == (FA,) and plain_causal:
         # Every head full (forced), nothing padded: the causal SDPA call every path below makes, and nothing else.
         out = attention(query, key, value, None, scale, rt.backend)
     elif (prefill and sq == key.shape[2] and query.is_cuda and rt.backend == "sdpa"
           and rt.fast_prefill and not rt.capture_last_row
           and kwargs.get("sliding_window") is None and fast_prefill_supported(query, key)):
         # CUDA prefill: all heads from the decisions in fused kernels; density computed analytically.
-        pad = None if masks.plain_causal else masks.allowed[:, 0, -1, :]  # last row = real keys
+        pad = None if plain_causal else masks.allowed[:, 0, -1, :]  # last row = real keys
         if lazy_density:
             out = hybrid_prefill(query, key, value, state.modes, cfg, scale, possible_modes=state.possible_modes)
         else:
@@ -302,7 +313,8 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
     else:
         # Unpadded prefill off the fused path (the CPU): SSA heads on key bands, O(s * (sink + local)),
         # FA heads by causal SDPA, so no dense mask is built unless an XA head needs one.
-        banded = (prefill and sq == key.shape[2] and masks.plain_causal and rt.backend == "sdpa"
+        masks = masks or ModeMasks(attention_mask, query, key, scale, cfg)
+        banded = (prefill and sq == key.shape[2] and plain_causal and rt.backend == "sdpa"
                   and not rt.capture_last_row)
         out = hybrid_attention(query, key, value, state.modes, masks, scale, rt.backend,
                                ssa_window=(cfg.sink, cfg.local) if banded else None)
@@ -310,12 +322,14 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
         if lazy_density:
             state.density_when_read(state.modes, sq, cfg)
         else:
+            masks = masks or ModeMasks(attention_mask, query, key, scale, cfg)
             state.density = masks.density(state.modes, state.possible_modes)
     if rt.capture_last_row:
+        masks = masks or ModeMasks(attention_mask, query, key, scale, cfg)
         state.last_row = _last_row_probs(query, key, head_masks(state.modes, masks.allowed, query, key, scale, cfg),
                                          scale)
     if cache is not None:
-        cache.compact(state.modes, None if masks.plain_causal else valid_keys(masks.allowed))
+        cache.compact(state.modes, None if plain_causal else valid_keys(masks.allowed))
     return out.transpose(1, 2).contiguous(), None
 
 

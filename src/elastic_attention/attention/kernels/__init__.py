@@ -50,6 +50,7 @@ FUSED_MAX_WORK = 1e12
 SPLIT_SPARSE = "fused"
 MASK_CACHE_SIZE = 64  # BlockMasks of recent (decisions, length) pairs, unpadded prompts only
 MASK_CACHE_ENTRY_BYTES = 8 << 20  # larger masks are rebuilt each call rather than held (64 x 8 MiB at most)
+HALF = (torch.bfloat16, torch.float16)  # the dtypes the fast paths run
 _MASKS: dict = {}
 _SIDE: dict = {}
 
@@ -85,7 +86,7 @@ def head_runs(modes, mode: int):
 
 def supported(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Shapes and dtypes the fast path handles (others use the reference / SDPA path)."""
-    return (q.shape[2] == k.shape[2] and q.dtype in (torch.bfloat16, torch.float16)
+    return (q.shape[2] == k.shape[2] and q.dtype in HALF
             and q.shape[-1] in (64, 128) and q.shape[1] % k.shape[1] == 0)
 
 
@@ -111,10 +112,10 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
     known = None if possible_modes is None or key_padding is not None else set(possible_modes)
     if backend == "fused":
         return _fused(q, k, v, modes, config, scale, key_padding, return_density)
-    if (backend == "auto" and known and known <= {FA, SSA} and known != {FA} and q.is_cuda
-            and b * hq * s * s * d < FUSED_MAX_WORK and fa_ssa.supported(q, k, v)):
-        return fa_ssa.launch(q, k, v, modes, config.sink, config.local, scale, fa_ssa.CONFIGS[d],
-                             ssa_density(s, config) if return_density else None)
+    if backend == "auto" and known and known <= {FA, SSA} and known != {FA} and q.is_cuda:
+        out = fused_prefill(q, k, v, modes, config, scale, ssa_density(s, config) if return_density else None)
+        if out is not None:
+            return out
     if backend == "auto" and known == {FA}:  # every head full, known without reading the decisions
         return _causal(q, k, v, scale, return_density)
     padded = key_padding is not None and not bool(key_padding.all())
@@ -201,6 +202,17 @@ def hybrid_prefill(q, k, v, modes, config, scale: float, key_padding: torch.Tens
     if return_density:
         return out, analytic_density(modes, start, end, config, xa_keep if has_xa else None)
     return out
+
+
+def fused_prefill(q, k, v, modes, config, scale: float, density: float | None = None):
+    """The "auto" dispatch's fused branch: fa_ssa.py on a CUDA prefill whose decisions the caller knows hold FA
+    and SSA only, nothing padded; None where it does not apply (a layer of FUSED_MAX_WORK or more, a shape the
+    kernel does not run). A small model's prefill is bound by the host, so this is all the work such a
+    layer's attention does on it: two shape checks and one launch."""
+    b, hq, s, d = q.shape
+    if b * hq * s * s * d >= FUSED_MAX_WORK or q.dtype not in HALF or not fa_ssa.supported(q, k, v):
+        return None
+    return fa_ssa.launch(q, k, v, modes, config.sink, config.local, scale, fa_ssa.CONFIGS[d], density)
 
 
 def _causal(q, k, v, scale, return_density):

@@ -37,6 +37,7 @@ SKIP = -1  # a mode only this kernel knows: the head is left alone (its output r
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per head_dim: the fastest of six or near it on an H200 at
 # 8K-32K (benchmarks/prefill_overhead.py --configs; docs/benchmarks.md). BLOCK_M is a multiple of BLOCK_N.
 CONFIGS = {64: (64, 64, 4, 3), 128: (64, 64, 4, 3)}
+_SETTINGS: dict = {}  # (head_dim, config, density) -> (constexprs, options) of a launch
 
 if HAVE_TRITON:
     _SSA = tl.constexpr(SSA)
@@ -158,12 +159,22 @@ def fa_ssa_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, modes: tor
     return launch(q, k, v, modes, sink, local, scale, (bm, bn, warps, stages), ssa_density)
 
 
+def _settings(d: int, config, density: bool) -> tuple[dict, dict]:
+    """The launch's constexprs and options, made once per (head_dim, config, density): every layer launches."""
+    key = (d, config, density)
+    if key not in _SETTINGS:
+        bm, bn, warps, stages = config
+        _SETTINGS[key] = (dict(HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, WRITE_DENS=density),
+                          dict(num_warps=warps, num_stages=stages))
+    return _SETTINGS[key]
+
+
 def launch(q, k, v, modes, sink: int, local: int, scale: float, config, ssa_density: float | None = None):
     """fa_ssa_prefill on arguments already checked (hybrid_prefill checks them once): a small model's
     prefill is bound by the host, and every layer calls this."""
     b, hq, s, d = q.shape
     hk = k.shape[1]
-    bm, bn, warps, stages = config
+    bm, bn = config[0], config[1]
     # [b, s, hq, d] memory seen as [b, hq, s, d], in one op
     out = torch.empty_strided((b, hq, s, d), (s * hq * d, d, hq * d, 1), dtype=q.dtype, device=q.device)
     if modes.device != q.device or modes.dtype not in (torch.int32, torch.int64) or not modes.is_contiguous():
@@ -173,9 +184,8 @@ def launch(q, k, v, modes, sink: int, local: int, scale: float, config, ssa_dens
     qb, qh, qs, _ = q.stride()
     kb, kh, ks, _ = k.stride()
     vb, vh, vs, _ = v.stride()
+    consts, options = _settings(d, config, ssa_density is not None)
     _LAUNCH((nq, b * hq), (q, k, v, out, modes, dens),
             (float(ssa_density or 0.0), scale, qb, qh, qs, kb, kh, ks, vb, vh, vs, s * hq * d, d, hq * d, hq, hk, s,
-             nq, nk, sink, local),
-            dict(HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, WRITE_DENS=ssa_density is not None),
-            dict(num_warps=warps, num_stages=stages))
+             nq, nk, sink, local), consts, options)
     return (out, dens) if ssa_density is not None else out

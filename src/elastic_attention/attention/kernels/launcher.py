@@ -7,8 +7,9 @@ triton returns from a launch, under a key that holds every argument triton speci
 strictly: each tensor's dtype and 16-byte alignment, every other argument's exact value (ints, floats,
 constexprs; for an int the kernel marks do_not_specialize, whether it fits in 32 bits), the launch options
 and the current device. A later launch whose key was seen calls the compiled
-kernel's launcher directly, with what triton's own launch passes; any other launch goes through the JIT and
-keeps its handle. Same kernel, same arguments, same stream: the outputs are bitwise those of the JIT launch
+kernel's launcher directly, with what triton's own launch passes (without the launch metadata and hooks when
+no hook is set: triton builds that metadata on every launch, hooks or not); any other launch goes through
+the JIT and keeps its handle. Same kernel, same arguments, same stream: the outputs are bitwise those of the JIT launch
 (tests/test_kernels.py, on the GPU).
 """
 
@@ -78,6 +79,9 @@ class Launch:
         stream = torch._C._cuda_getCurrentRawStream(device)
         full = (*tensors, *scalars, *consts.values())
         gx, gy, gz = (*grid, 1, 1)[:3]
-        handle.run(gx, gy, gz, stream, handle.function, handle.packed_metadata,
-                   handle.launch_metadata(grid, stream, *full),
-                   knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *full)
+        enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+        if getattr(enter, "calls", enter) or getattr(leave, "calls", leave):  # a hook is set (a profiler's)
+            handle.run(gx, gy, gz, stream, handle.function, handle.packed_metadata,
+                       handle.launch_metadata(grid, stream, *full), enter, leave, *full)
+        else:  # no hook (None, or an empty chain of them): no metadata to build for one
+            handle.run(gx, gy, gz, stream, handle.function, handle.packed_metadata, None, None, None, *full)
