@@ -390,12 +390,7 @@ cases = [  # b, hk, groups, prompt, d, sink, local, steps, modes
     (2, 2, 1, 90, 16, 4, 8, 3, [[FA, SSA], [SSA, SSA]]),  # one query head a KV head (no GQA)
     (1, 2, 2, 700, 16, 4, 8, 3, [[FA, SSA]]),  # 6 FA chunks, merged over 3 loads
 ]
-# FA chunks shorter than a block of keys (they fill the programs the SSA chunks leave): 32 keys each here
-short = [(1, 2, 2, 300, 16, 4, 8, 3, [[FA, SSA]]), (2, 2, 2, 200, 16, 4, 8, 3, [[FA, SSA], [SSA, SSA]])]
-for b, hk, g, s, d, sink, local, steps, modes in cases + short:
-    if (b, hk, g, s, d, sink, local, steps, modes) == short[0]:
-        decode.MIN_CHUNK, decode.MAX_CHUNKS = 32, 64
-        assert decode._chunks(300, 1, 12, 1, 16, decode.BLOCK_N)[0] == 32
+for b, hk, g, s, d, sink, local, steps, modes in cases:
     keys, values = torch.randn(b, hk, s, d), torch.randn(b, hk, s, d)
     ref = C.CompactKV(keys, values, torch.tensor(modes), None, sink, local)
     fast = copy.deepcopy(ref)
@@ -419,40 +414,26 @@ def test_cpu_decode_kernel_in_interpreter():
 
 
 def test_decode_chunks_cover_the_keys_within_the_program_budget():
-    """The decode kernel's split: an SSA chunk length in whole blocks, FA chunks as long or shorter (in steps of
-    CHUNK_STEP keys) to fill the programs the SSA chunks leave, every key of every pair covered, at most the
-    program budget (or one program a pair when the pairs alone are more), no more than MAX_CHUNKS a pair."""
+    """The decode kernel's split: one chunk length in whole blocks, every key of every pair covered, at most
+    the program budget (or one program a pair when the pairs alone are more), no more than MAX_CHUNKS a pair."""
     dec = cache_module.decode
     rng = random.Random(0)
-    filled = 0
     for _ in range(500):
         n_fa, n_ssa = rng.randint(0, 40), rng.randint(0, 40)
         fa_len, ssa_len = rng.randint(1, 300_000), rng.randint(1, 2200)
         programs, block_n = rng.choice([16, 132, 264]), rng.choice([32, 64, 128])
-        fa_chunk, chunk, sf, ss = dec._chunks(fa_len, n_fa, ssa_len, n_ssa, programs, block_n)
+        chunk, sf, ss = dec._chunks(fa_len, n_fa, ssa_len, n_ssa, programs, block_n)
         longest = max(fa_len if n_fa else 0, ssa_len if n_ssa else 0)
         assert chunk % block_n == 0 and chunk >= dec.MIN_CHUNK
         assert chunk < max(longest, dec.MIN_CHUNK) + block_n  # no program walks past the longest pair's keys
-        assert fa_chunk == chunk or (fa_chunk < chunk and fa_chunk % dec.CHUNK_STEP == 0
-                                     and fa_chunk >= dec.MIN_CHUNK)
-        assert sf * fa_chunk >= fa_len or not n_fa
+        assert sf * chunk >= fa_len or not n_fa
         assert ss * chunk >= ssa_len or not n_ssa
         assert max(sf if n_fa else 1, ss if n_ssa else 1) <= max(dec.MAX_CHUNKS, 1)
         total = n_fa * sf + n_ssa * ss
         assert total <= max(programs, n_fa + n_ssa) or chunk >= longest, (n_fa, fa_len, n_ssa, ssa_len, chunk)
-        if fa_chunk < chunk:  # the FA chunks filled the free programs: a step shorter would overflow them
-            filled += 1
-            shorter = fa_chunk - dec.CHUNK_STEP
-            assert (shorter < max(dec.MIN_CHUNK, -(-fa_len // dec.MAX_CHUNKS))
-                    or n_fa * -(-fa_len // shorter) + n_ssa * ss > programs)
-        common, sf_common, _ = dec._common_chunk(fa_len, n_fa, ssa_len, n_ssa, programs, block_n)
-        assert common == chunk and sf >= sf_common
         if chunk - block_n >= max(dec.MIN_CHUNK, -(-longest // dec.MAX_CHUNKS)):  # a shorter chunk was possible:
             shorter = chunk - block_n  # it had to make too many programs
             assert n_fa * -(-fa_len // shorter) + n_ssa * -(-ssa_len // shorter) > max(programs, n_fa + n_ssa)
-    assert filled > 50  # the FA side shrank in many of the layouts
-    # the 8B layer at 128K with 2 FA and 6 SSA heads on an H200's 132 SMs: 126 FA programs of 2096 keys
-    assert dec._chunks(131072, 2, 2176, 6, 132, 128) == (2096, 2176, 63, 1)
 
 
 def test_decode_kernel_only_where_it_applies():

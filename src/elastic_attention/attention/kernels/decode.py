@@ -40,7 +40,6 @@ except ImportError:  # CPU-only installs
 
 BLOCK_N = 128  # keys per inner step (fewer for head_dim > 128: a K and a V tile per stage fit in shared memory)
 MIN_CHUNK = 256  # keys per program at least: below it the partial results cost more traffic than they save
-CHUNK_STEP = 16  # an FA chunk's length is a multiple of this (the programs mask keys past their chunk)
 MAX_CHUNKS = 1024  # chunks a pair at most (the merge walks them MERGE at a time)
 MERGE = 16384  # partial results (fp32 values) the merging program loads at once
 PROGRAMS_PER_SM = 1  # programs a launch aims at, per SM: one wave (benchmarks/decode_kernel.py)
@@ -104,10 +103,9 @@ if HAVE_TRITON:
         m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
-        stop = tl.minimum(start + chunk, end)  # a chunk need not be whole blocks; a pair's last stops at its keys
-        for n0 in range(0, stop - start, BLOCK_N):
+        for n0 in range(0, tl.minimum(chunk, end - start), BLOCK_N):  # a pair's last chunk stops at its keys
             offs_n = start + n0 + tl.arange(0, BLOCK_N)
-            ok = (offs_n < stop) & (offs_n != skip)
+            ok = (offs_n < end) & (offs_n != skip)
             k = tl.load(k_base + offs_n[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :], mask=ok[:, None],
                         other=0.0)
             v = tl.load(v_base + offs_n[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :], mask=ok[:, None],
@@ -173,30 +171,10 @@ def _pdl(device) -> bool:
     return _PDL[device]
 
 
-def _chunks(fa_len: int, n_fa: int, ssa_len: int, n_ssa: int, programs: int,
-            block_n: int) -> tuple[int, int, int, int]:
-    """(keys an FA chunk, keys an SSA chunk, chunks an FA pair, chunks an SSA pair).
-
-    First one chunk length for both sides, the shortest in whole block_ns (at least MIN_CHUNK keys, at most
-    MAX_CHUNKS chunks a pair) whose chunks make at most `programs` programs, or at most one a pair when the
-    pairs alone are more. Then the FA chunks shrink (in steps of CHUNK_STEP keys, never below MIN_CHUNK) to
-    fill the programs the SSA chunks leave: an SSA pair of sink + local keys sets the common length, and the
-    FA pairs, which hold most of the keys, would leave SMs idle (8B layer at 128K with 2 FA heads: 128 of 132
-    programs, chunks of 2176 keys; 132 programs of 2096 keys when they fill)."""
-    chunk, sf, ss = _common_chunk(fa_len, n_fa, ssa_len, n_ssa, programs, block_n)
-    fa_chunk = chunk
-    free = programs - (n_ssa * ss if n_ssa else 0)
-    if n_fa and free > n_fa * sf:
-        fit = -(-fa_len // (free // n_fa))  # keys a chunk when each FA pair takes its share of the free programs
-        fit = max(MIN_CHUNK, -(-fit // CHUNK_STEP) * CHUNK_STEP, -(-fa_len // MAX_CHUNKS))
-        if fit < chunk:
-            fa_chunk, sf = fit, -(-fa_len // fit)
-    return fa_chunk, chunk, sf, ss
-
-
-def _common_chunk(fa_len: int, n_fa: int, ssa_len: int, n_ssa: int, programs: int,
-                  block_n: int) -> tuple[int, int, int]:
-    """(keys a chunk, chunks an FA pair, chunks an SSA pair) with one chunk length for both sides."""
+def _chunks(fa_len: int, n_fa: int, ssa_len: int, n_ssa: int, programs: int, block_n: int) -> tuple[int, int, int]:
+    """(keys a chunk, chunks an FA pair, chunks an SSA pair): one chunk length for both sides, the shortest
+    in whole block_ns (at least MIN_CHUNK keys, at most MAX_CHUNKS chunks a pair) whose chunks make at most
+    `programs` programs, or at most one a pair when the pairs alone are more."""
     fa_len, ssa_len = fa_len if n_fa else 0, ssa_len if n_ssa else 0
     count = lambda c: n_fa * -(-fa_len // c) + n_ssa * -(-ssa_len // c)  # noqa: E731
     keys = n_fa * fa_len + n_ssa * ssa_len
@@ -255,8 +233,7 @@ def decode_step(query, key, value, fa_keys, fa_values, fa_len: int, ssa_keys, ss
     if n_ssa == 0:
         ssa_keys, ssa_values = fa_keys, fa_values
     block_n = min(BLOCK_N, max(16, 16384 // d))
-    fa_chunk, ssa_chunk, sf, ss = _chunks(fa_len, n_fa, ssa_len, n_ssa, PROGRAMS_PER_SM * _sm_count(query.device),
-                                          block_n)
+    chunk, sf, ss = _chunks(fa_len, n_fa, ssa_len, n_ssa, PROGRAMS_PER_SM * _sm_count(query.device), block_n)
     parts = n_fa * sf + n_ssa * ss
     block_g = max(16, triton.next_power_of_2(g))
     group_p = triton.next_power_of_2(g)
@@ -266,7 +243,7 @@ def decode_step(query, key, value, fa_keys, fa_values, fa_len: int, ssa_keys, ss
     _LAUNCH((parts,), (query, key, value, out, fa_keys, fa_values, ssa_keys, ssa_values, rows, heads, m, lsum, acc,
                        arrived),
             (scale * 1.4426950408889634,  # base-2 exponent
-             hk, fa_keys.shape[1], ssa_keys.shape[1], n_fa, sf, fa_chunk, fa_len, ss, ssa_chunk, ssa_len, ssa_slot),
+             hk, fa_keys.shape[1], ssa_keys.shape[1], n_fa, sf, chunk, fa_len, ss, chunk, ssa_len, ssa_slot),
             dict(G=g, HEAD_DIM=d, BLOCK_G=block_g, BLOCK_N=block_n, GROUP_P=group_p,
                  BLOCK_S=max(1, MERGE // (group_p * d)), WAIT=pdl),
             dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES, launch_pdl=pdl) if pdl else
