@@ -93,7 +93,7 @@ def main(argv=None):
         key, _, values = part.partition("=")
         if key not in NAMES:
             raise SystemExit(f"--grid: unknown setting {key!r}; use {', '.join(NAMES)}")
-        grid[key] = tuple(int(v) for v in values.split(","))
+        grid[key] = tuple(float(v) if "." in v else int(v) for v in values.split(","))  # programs_per_sm=0.5
     settings = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     default = {key: getattr(decode, name) for key, name in NAMES.items()}
     base = dict(card=torch.cuda.get_device_name(), date=time.strftime("%Y-%m-%d"), torch=torch.__version__,

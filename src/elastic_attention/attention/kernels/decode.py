@@ -233,7 +233,8 @@ def decode_step(query, key, value, fa_keys, fa_values, fa_len: int, ssa_keys, ss
     if n_ssa == 0:
         ssa_keys, ssa_values = fa_keys, fa_values
     block_n = min(BLOCK_N, max(16, 16384 // d))
-    chunk, sf, ss = _chunks(fa_len, n_fa, ssa_len, n_ssa, PROGRAMS_PER_SM * _sm_count(query.device), block_n)
+    programs = max(1, int(PROGRAMS_PER_SM * _sm_count(query.device)))  # a fraction of the SMs: fewer, longer chunks
+    chunk, sf, ss = _chunks(fa_len, n_fa, ssa_len, n_ssa, programs, block_n)
     parts = n_fa * sf + n_ssa * ss
     block_g = max(16, triton.next_power_of_2(g))
     group_p = triton.next_power_of_2(g)
