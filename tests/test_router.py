@@ -177,6 +177,9 @@ def test_router_forward_is_logits_then_decide():
     with torch.no_grad():
         logits, r = router(keys)
     assert torch.equal(logits, router.logits(keys)) and torch.equal(r, router.decide(logits))
+    with torch.no_grad():
+        _, r2, modes = router(keys, None, 0.0, (2, 0))  # mode ids too: XA where sparse, FA where kept
+    assert torch.equal(r2, r) and torch.equal(modes, torch.where(r > 0.5, 2, 0)) and modes.dtype == torch.int64
 
 
 _FUSED_SCRIPT = r"""
@@ -195,6 +198,10 @@ for d, n, s, dtype in [(16, 4, 30, torch.float32), (32, 8, 12, torch.bfloat16), 
         want = router.logits(keys)
     assert torch.allclose(logits, want, atol=1e-4, rtol=1e-4), (logits, want)
     assert torch.equal(r, (logits > 0).float())
+    for sparse, kept in ((1, 0), (2, 0), (1, 2)):  # SSA / FA, XA / FA, SSA / XA: the ids the kernel writes
+        logits2, r2, modes = route_fused(router, keys, 0.0, None, (sparse, kept))
+        assert torch.equal(logits2, logits) and torch.equal(r2, r) and modes.dtype == torch.int64
+        assert torch.equal(modes, torch.where(r > 0.5, sparse, kept))
     signs |= set((want > 0).flatten().tolist())
 assert signs == {True, False}  # both decisions were exercised
 print("FUSED_OK")
@@ -220,6 +227,9 @@ def test_gpu_fused_router_matches_eager(d):
             want = router.logits(keys)
         assert torch.allclose(logits, want, atol=1e-4, rtol=1e-3)
         assert torch.equal(r, (logits > 0).float())
+        with torch.no_grad():
+            _, r2, modes = router(keys, None, 0.0, (1, 0))
+        assert torch.equal(r2, r) and torch.equal(modes, (r > 0.5).long())
     with torch.enable_grad():  # training: the eager path, gradients flow
         router.train()
         logits, _ = router(torch.randn(1, 40, 3, d, device="cuda"))

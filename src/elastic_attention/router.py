@@ -71,19 +71,24 @@ class AttentionRouter(nn.Module):
             self.head_bias = nn.Parameter(torch.zeros(kv_heads))
         self.tau = 1.0  # Gumbel-sigmoid temperature; the trainer sets it from a TemperatureSchedule
 
-    def forward(self, keys: torch.Tensor, valid: torch.Tensor | None = None, shift: float = 0.0):
+    def forward(self, keys: torch.Tensor, valid: torch.Tensor | None = None, shift: float = 0.0,
+                modes: tuple[int, int] | None = None):
         """keys [b, s, h, d] -> (logits [b, h] fp32, decisions r [b, h]): what a prefill routes with.
 
         shift (inference only) moves the decision threshold: r = 1[logit + shift > 0], so a positive
         shift sends more heads to the sparse mode (`elastic_attention.sparsity_bias`).
+        modes (sparse mode id, kept mode id): also return the decisions as mode ids [b, h] int64.
         Inference on CUDA without padding runs as one Triton kernel (attention/kernels/router.py).
         """
         if valid is None and keys.is_cuda and not self.training and not torch.is_grad_enabled():
             tensors = router_kernel.fused_tensors(self, keys)
             if tensors is not None:
-                return router_kernel.route_fused(self, keys, shift, tensors)
+                return router_kernel.route_fused(self, keys, shift, tensors, modes)
         logits = self.logits(keys, valid)
-        return logits, self.decide(logits if self.training or not shift else logits + shift)
+        r = self.decide(logits if self.training or not shift else logits + shift)
+        if modes is None:
+            return logits, r
+        return logits, r, torch.where(r > 0.5, modes[0], modes[1])
 
     def logits(self, keys: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """keys [b, s, h, d] (after k_proj / k-norm, before RoPE) -> logits [b, h] (fp32)."""

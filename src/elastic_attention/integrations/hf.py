@@ -174,8 +174,11 @@ class LayerState:
             routing = rt.forced_routing(batch, device)
             self.decisions, self.modes, self.possible_modes, self.density = routing[self.layer_idx]
             return
+        cfg = rt.config
+        sparse, kept = MODE_IDS[cfg.sparse_mode], MODE_IDS[cfg.retrieval_mode]
         if rt.gate is not None:
-            r = rt.gate.decide(self.layer_idx, batch, rt.sparsity_bias)
+            self.decisions = rt.gate.decide(self.layer_idx, batch, rt.sparsity_bias)
+            self.modes = _modes(self.decisions, sparse, kept)
         else:
             if self.keys is None:
                 raise RuntimeError(f"layer {self.layer_idx}: no key states were captured for the router; "
@@ -185,11 +188,8 @@ class LayerState:
                 valid = rt.route_mask.to(keys.device)
             if valid is not None:
                 valid = valid[:, -keys.shape[1]:]
-            self.logits, r = self.router(keys, valid, rt.sparsity_bias)
-        cfg = rt.config
-        sparse, kept = MODE_IDS[cfg.sparse_mode], MODE_IDS[cfg.retrieval_mode]
-        self.decisions = r
-        self.modes = _modes(r, sparse, kept)
+            # the router gives the mode ids too (on a GPU its kernel writes them: no ops after it)
+            self.logits, self.decisions, self.modes = self.router(keys, valid, rt.sparsity_bias, (sparse, kept))
         # known without reading the decisions back: the prefill kernels need no host sync
         self.possible_modes = (sparse, kept)
         self.density = None

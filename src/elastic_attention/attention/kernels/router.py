@@ -44,10 +44,10 @@ if HAVE_TRITON:
         return acc
 
     @triton.jit
-    def _route_fwd(K, OUT, W1, B1, W2, B2, W3, B3, W4, B4, W5, B5, MEAN, STD, HBIAS,
+    def _route_fwd(K, OUT, MODES, W1, B1, W2, B2, W3, B3, W4, B4, W5, B5, MEAN, STD, HBIAS,
                    S, H, N1, N2, stride_b, stride_s, stride_h, shift,
                    D: tl.constexpr, HID: tl.constexpr, HB: tl.constexpr, BLOCK_T: tl.constexpr,
-                   NORM: tl.constexpr):
+                   NORM: tl.constexpr, WRITE_MODES: tl.constexpr, SPARSE: tl.constexpr, KEPT: tl.constexpr):
         pid = tl.program_id(0)
         b = pid // H
         h = pid % H
@@ -74,6 +74,8 @@ if HAVE_TRITON:
             logit += tl.load(HBIAS + h).to(tl.float32)
         tl.store(OUT + pid, logit)
         tl.store(OUT + tl.num_programs(0) + pid, (logit + shift > 0).to(tl.float32))
+        if WRITE_MODES:  # the decision as the mode id the prefill kernels read
+            tl.store(MODES + pid, tl.where(logit + shift > 0, SPARSE, KEPT).to(tl.int64))
 
 
 _LAUNCH = Launch(sys.modules[__name__], "_route_fwd")
@@ -85,9 +87,10 @@ def _tensors(router) -> list[torch.Tensor]:
     Read from the modules' own dicts, every call (so a moved or reassigned tensor is always the current
     one): walking router.parameters(), or Sequential indexing and Module attribute lookup, costs a layer
     more host time than the kernel's launch."""
-    linears = [router.task._modules["0"], router.task._modules["2"], router.router._modules["0"],
-               router.router._modules["2"], router.router._modules["4"]]
-    out = [t for m in linears for t in (m._parameters["weight"], m._parameters["bias"])]
+    task, mlp = router._modules["task"]._modules, router._modules["router"]._modules
+    out = []
+    for m in (task["0"], task["2"], mlp["0"], mlp["2"], mlp["4"]):
+        out += (m._parameters["weight"], m._parameters["bias"])
     if router.norm == "standardize":
         out += [router._buffers["input_mean"], router._buffers["input_std"], router._parameters["head_bias"]]
     return out
@@ -102,20 +105,28 @@ def fused_tensors(router, keys: torch.Tensor) -> list[torch.Tensor] | None:
             and hidden % HIDDEN_CHUNK == 0 and keys.stride(-1) == 1):
         return None
     tensors = _tensors(router)
-    return tensors if all(t.is_contiguous() for t in tensors) else None
+    return tensors if all(map(torch.Tensor.is_contiguous, tensors)) else None
 
 
-def route_fused(router, keys: torch.Tensor, shift: float = 0.0, tensors: list[torch.Tensor] | None = None):
-    """keys [b, s, h, d] -> (logits [b, h] fp32, decisions [b, h] fp32), like router(keys, shift=shift) in eval."""
+def route_fused(router, keys: torch.Tensor, shift: float = 0.0, tensors: list[torch.Tensor] | None = None,
+                modes: tuple[int, int] | None = None):
+    """keys [b, s, h, d] -> (logits [b, h] fp32, decisions [b, h] fp32), like router(keys, shift=shift) in eval.
+
+    modes (sparse id, kept id): also the decisions as mode ids [b, h] int64, written by the same launch (the
+    ops that would make them from the decisions cost a layer more host time than the launch)."""
     b, s, h, d = keys.shape
     n = router.pool_tokens
     n1, n2 = (s, 0) if s <= 2 * n else (n, n)
     out = torch.empty(2, b, h, dtype=torch.float32, device=keys.device)
+    ids = torch.empty(b, h, dtype=torch.int64, device=keys.device) if modes is not None else out
     norm = router.norm == "standardize"
     # Without standardisation the three pointers are never read: any tensor on the device will do.
     weights = (tensors or _tensors(router)) + ([] if norm else [out, out, out])
-    _LAUNCH((b * h,), (keys, out, *weights),
+    sparse, kept = modes or (1, 0)
+    _LAUNCH((b * h,), (keys, out, ids, *weights),
             (s, h, n1, n2, keys.stride(0), keys.stride(1), keys.stride(2), float(shift)),
-            dict(D=d, HID=router.task._modules["0"].out_features, HB=HIDDEN_CHUNK, BLOCK_T=32, NORM=norm),
+            dict(D=d, HID=router.task._modules["0"].out_features, HB=HIDDEN_CHUNK, BLOCK_T=32, NORM=norm,
+                 WRITE_MODES=modes is not None, SPARSE=sparse, KEPT=kept),
             dict(num_warps=4))
-    return out.unbind(0)  # one op for both views, not two selects (host time)
+    logits, r = out.unbind(0)  # one op for both views, not two selects (host time)
+    return (logits, r, ids) if modes is not None else (logits, r)
