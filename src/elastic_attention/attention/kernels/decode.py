@@ -42,10 +42,6 @@ BLOCK_N = 128  # keys per inner step (fewer for head_dim > 128: a K and a V tile
 MIN_CHUNK = 256  # keys per program at least: below it the partial results cost more traffic than they save
 MAX_CHUNKS = 1024  # chunks a pair at most (the merge walks them MERGE at a time)
 MERGE = 16384  # partial results (fp32 values) the merging program loads at once
-# A chunk's partial results are kept relative to the new token's score (the merge is then a sum) unless its
-# scores rise more than FAR above it (base-2 units): then relative to its own maximum, so that nothing
-# overflows (2^64 x 2^17 keys x |v| is far below fp32's 2^128), and its pair is merged with weights.
-FAR = 64.0
 PROGRAMS_PER_SM = 1  # programs a launch aims at, per SM: one wave (benchmarks/decode_kernel.py)
 NUM_WARPS, NUM_STAGES = 4, 3
 # Programmatic dependent launch (Hopper and later): a step's launch is processed while the kernel before it
@@ -58,10 +54,10 @@ _WORK: dict = {}  # per device: the partial results' buffers, reused step after 
 if HAVE_TRITON:
     # Lengths and slots change every step: compiled once for any value, not per divisibility class.
     @triton.jit(do_not_specialize=["SF", "CHUNK_F", "LEN_F", "SS", "CHUNK_S", "LEN_S", "SLOT_S"])
-    def _decode(Q, K1, V1, O, KF, VF, KS, VS, ROWS, HEADS, M_W, L_W, ACC_W, ARRIVED, FAR_PAIRS, qk_scale,
+    def _decode(Q, K1, V1, O, KF, VF, KS, VS, ROWS, HEADS, M_W, L_W, ACC_W, ARRIVED, qk_scale,
                 HK, CAP_F, WIDTH_S, NF, SF, CHUNK_F, LEN_F, SS, CHUNK_S, LEN_S, SLOT_S,
                 G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-                GROUP_P: tl.constexpr, BLOCK_S: tl.constexpr, FAR: tl.constexpr, WAIT: tl.constexpr):
+                GROUP_P: tl.constexpr, BLOCK_S: tl.constexpr, WAIT: tl.constexpr):
         pid = tl.program_id(0)
         if WAIT:  # launched early (PDL): every load and store waits for the kernel before to finish
             tl.extra.cuda.gdc_wait()
@@ -123,50 +119,31 @@ if HAVE_TRITON:
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
-        # The partial results relative to the new token's score (the same bits in every program of the pair),
-        # so that the merge is a sum; a row whose scores rise more than FAR above it stays relative to its own
-        # maximum (no overflow) and marks the pair, whose merge then weighs every chunk by its reference.
-        ref = tl.sum(q.to(tl.float32) * k1.to(tl.float32)[None, :], 1) * qk_scale
-        far = (m_i > ref + FAR) & g_ok
-        ref = tl.where(far, m_i, ref)
-        scale = tl.math.exp2(m_i - ref)  # 0 for a chunk without keys (m_i = -inf)
-        tl.store(M_W + pid * G + offs_g, ref, mask=g_ok)  # the group's rows only, not the padding
-        tl.store(L_W + pid * G + offs_g, l_i * scale, mask=g_ok)
-        tl.store(ACC_W + (pid * G + offs_g[:, None]) * HEAD_DIM + offs_d[None, :], acc * scale[:, None],
-                 mask=g_ok[:, None])
-        if tl.max(far.to(tl.int32), 0) > 0:
-            tl.atomic_max(FAR_PAIRS + pair, 1)
+        tl.store(M_W + pid * G + offs_g, m_i, mask=g_ok)  # the group's rows only, not the padding
+        tl.store(L_W + pid * G + offs_g, l_i, mask=g_ok)
+        tl.store(ACC_W + (pid * G + offs_g[:, None]) * HEAD_DIM + offs_d[None, :], acc, mask=g_ok[:, None])
 
         # The pair's last chunk to finish merges them all (acq_rel: it sees every chunk's stores).
         if tl.atomic_add(ARRIVED + pair, 1) == chunks - 1:
             tl.store(ARRIVED + pair, 0)  # ready for the next step
             # All of the group's query heads at once: a load of BLOCK_S chunks x GROUP_P heads a round.
             offs_s = tl.arange(0, BLOCK_S)
-            den = tl.full([GROUP_P], 1.0, tl.float32)  # the new token's weight exp2(score - reference)
+            den = tl.full([GROUP_P], 1.0, tl.float32)  # its weight exp2(score - top), top its own score so far
             num = tl.zeros([GROUP_P, HEAD_DIM], tl.float32) + v1.to(tl.float32)[None, :]
-            if tl.atomic_xchg(FAR_PAIRS + pair, 0) == 0:  # every partial relative to the new token's score
-                for c0 in range(0, chunks, BLOCK_S):
-                    part = first + c0 + offs_s
-                    ok = (c0 + offs_s < chunks)[:, None] & p_ok[None, :]
-                    at = part[:, None] * G + offs_p[None, :]  # [chunks, heads] rows of the partial results
-                    den += tl.sum(tl.load(L_W + at, mask=ok, other=0.0, cache_modifier=".cg"), 0)
-                    num += tl.sum(tl.load(ACC_W + at[:, :, None] * HEAD_DIM + offs_d[None, None, :],
-                                          mask=ok[:, :, None], other=0.0, cache_modifier=".cg"), 0)
-            else:  # some relative to their own maximum: merged online, each weighed by its reference
-                for c0 in range(0, chunks, BLOCK_S):
-                    part = first + c0 + offs_s
-                    ok = (c0 + offs_s < chunks)[:, None] & p_ok[None, :]
-                    at = part[:, None] * G + offs_p[None, :]
-                    m_c = tl.load(M_W + at, mask=ok, other=float("-inf"), cache_modifier=".cg")
-                    l_c = tl.load(L_W + at, mask=ok, other=0.0, cache_modifier=".cg")
-                    a_c = tl.load(ACC_W + at[:, :, None] * HEAD_DIM + offs_d[None, None, :], mask=ok[:, :, None],
-                                  other=0.0, cache_modifier=".cg")
-                    new_top = tl.maximum(tl.max(m_c, 0), top)  # finite: the new token's score is
-                    w_c = tl.math.exp2(m_c - new_top[None, :])
-                    old = tl.math.exp2(top - new_top)
-                    den = den * old + tl.sum(l_c * w_c, 0)
-                    num = num * old[:, None] + tl.sum(a_c * w_c[:, :, None], 0)
-                    top = new_top
+            for c0 in range(0, chunks, BLOCK_S):  # the pair's chunks, merged online
+                part = first + c0 + offs_s
+                ok = (c0 + offs_s < chunks)[:, None] & p_ok[None, :]
+                at = part[:, None] * G + offs_p[None, :]  # [chunks, heads] rows of the partial results
+                m_c = tl.load(M_W + at, mask=ok, other=float("-inf"), cache_modifier=".cg")
+                l_c = tl.load(L_W + at, mask=ok, other=0.0, cache_modifier=".cg")
+                a_c = tl.load(ACC_W + at[:, :, None] * HEAD_DIM + offs_d[None, None, :], mask=ok[:, :, None],
+                              other=0.0, cache_modifier=".cg")
+                new_top = tl.maximum(tl.max(m_c, 0), top)  # finite: the new token's score is
+                w_c = tl.math.exp2(m_c - new_top[None, :])
+                old = tl.math.exp2(top - new_top)
+                den = den * old + tl.sum(l_c * w_c, 0)
+                num = num * old[:, None] + tl.sum(a_c * w_c[:, :, None], 0)
+                top = new_top
             tl.store(O + (q_row + offs_p[:, None]) * HEAD_DIM + offs_d[None, :],
                      (num / den[:, None]).to(O.dtype.element_ty), mask=p_ok[:, None])
             # the new token into its slot: no chunk of this step reads it (FA: past the keys; SSA: skipped)
@@ -210,19 +187,18 @@ def _chunks(fa_len: int, n_fa: int, ssa_len: int, n_ssa: int, programs: int, blo
 
 
 def _workspace(device, parts: int, pairs: int, g: int, d: int):
-    """m, l [parts, g], acc [parts, g, d] (fp32), the arrival counters and the far marks [pairs] (int32, zero
-    between steps: the kernel resets them), views of buffers kept per device. A step's kernel uses them in stream
+    """m, l [parts, g], acc [parts, g, d] (fp32) and the arrival counters [pairs] (int32, zero between
+    steps: the kernel resets them), views of buffers kept per device. A step's kernel uses them in stream
     order, so the next step may reuse them; decode steps on two streams of one device at once would share
     them (generation runs on one stream)."""
     need = parts * g * (d + 2)
     work = _WORK.get(device)
-    if work is None or work[0].numel() < need or work[1].numel() < 2 * pairs:
+    if work is None or work[0].numel() < need or work[1].numel() < pairs:
         work = _WORK[device] = (torch.empty(max(need, 1 << 20), device=device, dtype=torch.float32),
-                                torch.zeros(max(2 * pairs, 2048), device=device, dtype=torch.int32))
-    buf, flags = work
-    n, half = parts * g, flags.numel() // 2
-    return (buf[:n].view(parts, g), buf[n:2 * n].view(parts, g), buf[2 * n:need].view(parts, g, d), flags[:half],
-            flags[half:])
+                                torch.zeros(max(pairs, 1024), device=device, dtype=torch.int32))
+    buf, arrived = work
+    n = parts * g
+    return buf[:n].view(parts, g), buf[n:2 * n].view(parts, g), buf[2 * n:need].view(parts, g, d), arrived
 
 
 def decode_step(query, key, value, fa_keys, fa_values, fa_len: int, ssa_keys, ssa_values, ssa_len: int,
@@ -262,15 +238,15 @@ def decode_step(query, key, value, fa_keys, fa_values, fa_len: int, ssa_keys, ss
     parts = n_fa * sf + n_ssa * ss
     block_g = max(16, triton.next_power_of_2(g))
     group_p = triton.next_power_of_2(g)
-    m, lsum, acc, arrived, far = _workspace(query.device, parts, n_fa + n_ssa, g, d)
+    m, lsum, acc, arrived = _workspace(query.device, parts, n_fa + n_ssa, g, d)
     out = torch.empty_like(query)
     pdl = _pdl(query.device)
     _LAUNCH((parts,), (query, key, value, out, fa_keys, fa_values, ssa_keys, ssa_values, rows, heads, m, lsum, acc,
-                       arrived, far),
+                       arrived),
             (scale * 1.4426950408889634,  # base-2 exponent
              hk, fa_keys.shape[1], ssa_keys.shape[1], n_fa, sf, chunk, fa_len, ss, chunk, ssa_len, ssa_slot),
             dict(G=g, HEAD_DIM=d, BLOCK_G=block_g, BLOCK_N=block_n, GROUP_P=group_p,
-                 BLOCK_S=max(1, MERGE // (group_p * d)), FAR=FAR, WAIT=pdl),
+                 BLOCK_S=max(1, MERGE // (group_p * d)), WAIT=pdl),
             dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES, launch_pdl=pdl) if pdl else
             dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES))
     return out
