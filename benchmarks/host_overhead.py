@@ -17,7 +17,7 @@ and the Triton launches (fa_ssa, router kernel) launch nothing, so outputs are m
 host step of that path runs ("cuda-stubbed").
 
 Usage: PYTHONPATH=src python benchmarks/host_overhead.py [--device cpu|cuda] [--stub-cuda] [--run LABEL]
-       [--calls 400] [--seq 16] [--profile CASE]
+       [--calls 400] [--seq 16] [--profile CASE] [--stub-cuda --wrapper]
 Writes benchmarks/results/host_overhead.json (and $OUT/host_overhead.json when OUT is set): rows of this
 run replace earlier rows with the same run label, path and device; other rows stay.
 """
@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -112,6 +113,42 @@ def profile(nets, ids, args, sync) -> int:
     return 0
 
 
+def wrapper(nets, args) -> int:
+    """--wrapper (with --stub-cuda): one attention call's host time, our attention function on the fused CUDA
+    path (forced mask, the launch stubbed) against transformers' SDPA wrapper with SDPA stubbed (returning
+    its [b, s, h, d] layout, as on a GPU): the Python around the kernel call on each side. Prints, writes
+    nothing."""
+    from transformers.integrations import sdpa_attention
+
+    from elastic_attention.integrations import hf
+
+    b, s, d = 1, args.seq, 64
+    q = torch.randn(b, 9, s, d, dtype=torch.bfloat16)
+    k, v = torch.randn(b, 3, s, d, dtype=torch.bfloat16), torch.randn(b, 3, s, d, dtype=torch.bfloat16)
+    out = torch.empty(b, s, 9, d, dtype=torch.bfloat16).transpose(1, 2)
+    sdpa = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = lambda *a, **kw: out
+    elastic, plain = hf.attention_modules(nets["mask"])[0], nets["plain"].model.layers[0].self_attn
+    calls = {"attention function": lambda: hf.elastic_attention_forward(elastic, q, k, v, None, scaling=d ** -0.5),
+             "sdpa wrapper": lambda: sdpa_attention.sdpa_attention_forward(plain, q, k, v, None, scaling=d ** -0.5)}
+    times = {name: [] for name in calls}
+    try:
+        with torch.no_grad():
+            for _ in range(5):  # rounds in turn: the host's speed drifts
+                for name, fn in calls.items():
+                    for _ in range(100):
+                        fn()
+                    t0 = time.perf_counter()
+                    for _ in range(args.calls):
+                        fn()
+                    times[name].append((time.perf_counter() - t0) / args.calls * 1e6)
+    finally:
+        F.scaled_dot_product_attention = sdpa
+    for name, t in times.items():
+        print(f"{name:20s} {statistics.median(t):6.2f} us a call (median of 5 rounds of {args.calls})")
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -120,11 +157,15 @@ def main():
     p.add_argument("--calls", type=int, default=400, help="timed forwards per case")
     p.add_argument("--seq", type=int, default=16)
     p.add_argument("--layers", type=int, default=30)
+    p.add_argument("--wrapper", action="store_true", help="with --stub-cuda: time one attention call, ours "
+                   "against transformers' SDPA wrapper, both kernels stubbed; writes nothing")
     p.add_argument("--profile", choices=CASES, help="print cProfile's top functions of this case's forwards "
                    "(plain and this case, --calls each) instead of timing; writes nothing")
     args = p.parse_args()
     if args.stub_cuda and args.device != "cpu":
         p.error("--stub-cuda is for --device cpu")
+    if args.wrapper and not args.stub_cuda:
+        p.error("--wrapper needs --stub-cuda")
     torch.set_num_threads(1)  # tiny ops: intra-op threads only add noise
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.device == "cuda" or args.stub_cuda else torch.float32
@@ -136,6 +177,8 @@ def main():
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     if args.profile:
         return profile(nets, ids, args, sync)
+    if args.wrapper:
+        return wrapper(nets, args)
     times = {c: [] for c in CASES}
     ops = {}
     with torch.no_grad():

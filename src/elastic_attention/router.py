@@ -16,6 +16,7 @@ from torch import nn
 
 from .config import ROUTER_NORMS
 from .attention.kernels import router as router_kernel
+from .attention.masks import mode_ids
 
 
 def boundary_pool(keys: torch.Tensor, valid: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -86,9 +87,7 @@ class AttentionRouter(nn.Module):
                 return router_kernel.route_fused(self, keys, shift, tensors, modes)
         logits = self.logits(keys, valid)
         r = self.decide(logits if self.training or not shift else logits + shift)
-        if modes is None:
-            return logits, r
-        return logits, r, torch.where(r > 0.5, modes[0], modes[1])
+        return (logits, r) if modes is None else (logits, r, mode_ids(r, *modes))
 
     def logits(self, keys: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """keys [b, s, h, d] (after k_proj / k-norm, before RoPE) -> logits [b, h] (fp32)."""

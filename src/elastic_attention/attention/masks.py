@@ -13,6 +13,13 @@ FA, SSA, XA = 0, 1, 2
 MODE_IDS = {"fa": FA, "ssa": SSA, "xa": XA}
 
 
+def mode_ids(r: torch.Tensor, sparse: int, kept: int) -> torch.Tensor:
+    """Decisions r (1 = sparse) -> mode ids [same shape] int64."""
+    if (kept, sparse) == (FA, SSA):  # the ids are the decisions: one op (each costs host time)
+        return (r > 0.5).long()
+    return torch.where(r > 0.5, sparse, kept)
+
+
 def causal_allowed(batch: int, q_len: int, kv_len: int, device=None) -> torch.Tensor:
     """Plain causal mask for queries that are the last `q_len` of `kv_len` positions."""
     q_pos = torch.arange(kv_len - q_len, kv_len, device=device)

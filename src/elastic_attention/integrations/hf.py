@@ -18,7 +18,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from ..attention import FA, MODE_IDS, allowed_from_hf_mask, attention, head_masks, hybrid_attention
-from ..attention.masks import SSA, XA, mode_mask, ssa_pair_count, valid_keys
+from ..attention.masks import SSA, XA, mode_ids, mode_mask, ssa_pair_count, valid_keys
 from ..attention.kernels import fused_prefill, hybrid_prefill, supported as fast_prefill_supported
 from ..config import ElasticConfig
 from ..router import AttentionRouter
@@ -105,16 +105,9 @@ class Runtime:
             density = torch.ones(batch, self.kv_heads, dtype=torch.float32, device=device)  # padded or not
         else:
             sparse, kept = MODE_IDS[cfg.sparse_mode], MODE_IDS[cfg.retrieval_mode]
-            modes = _modes(r, sparse, kept).contiguous()  # each layer's modes contiguous, as the kernels take them
+            modes = mode_ids(r, sparse, kept).contiguous()  # each layer's modes contiguous, as the kernels take them
             possible, density = (sparse, kept), None
         return tuple((r[i], modes[i], possible, density) for i in range(self.num_layers))
-
-
-def _modes(r: torch.Tensor, sparse: int, kept: int) -> torch.Tensor:
-    """Decisions r (1 = sparse) -> mode ids."""
-    if (kept, sparse) == (FA, SSA):  # the ids are the decisions: one op (each costs host time)
-        return (r > 0.5).long()
-    return torch.where(r > 0.5, sparse, kept)
 
 
 class LayerState:
@@ -178,7 +171,7 @@ class LayerState:
         sparse, kept = MODE_IDS[cfg.sparse_mode], MODE_IDS[cfg.retrieval_mode]
         if rt.gate is not None:
             self.decisions = rt.gate.decide(self.layer_idx, batch, rt.sparsity_bias)
-            self.modes = _modes(self.decisions, sparse, kept)
+            self.modes = mode_ids(self.decisions, sparse, kept)
         else:
             if self.keys is None:
                 raise RuntimeError(f"layer {self.layer_idx}: no key states were captured for the router; "
@@ -269,7 +262,7 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
     cache = _elastic_cache_layer(state, key, query.shape[2], kwargs)
     if cache is not None and cache.compacted:
         return cache.attend(query, scale, kwargs.get("position_ids")).transpose(1, 2).contiguous(), None
-    b, hq, sq, _ = query.shape
+    b, _, sq, _ = query.shape
     plain_causal = attention_mask is None  # nothing padded: FA needs no mask at all
     masks = None if plain_causal else ModeMasks(attention_mask, query, key, scale, cfg)
 
@@ -282,55 +275,58 @@ def elastic_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
 
     learner = rt.gate if rt.gate is not None else state.router
     training = rt.forced is None and learner.training
+    # a prefill the CUDA kernels may run (shapes and dtypes are checked where each kernel is chosen)
+    fast = (prefill and sq == key.shape[2] and query.is_cuda and rt.backend == "sdpa" and rt.fast_prefill
+            and not rt.capture_last_row and kwargs.get("sliding_window") is None)
     out = None
-    if (lazy_density and not training and state.possible_modes != (FA,) and query.is_cuda and rt.fast_prefill
-            and rt.backend == "sdpa" and not rt.capture_last_row and kwargs.get("sliding_window") is None):
-        # A CUDA prefill of FA / SSA heads, nothing padded: the fused kernel and nothing else (a small model's
-        # prefill is bound by the host, so every step here counts); None where the kernel does not apply.
+    if fast and lazy_density and not training and state.possible_modes != (FA,):
+        # FA / SSA heads, nothing padded: the fused kernel and nothing else (a small model's prefill is bound
+        # by the host, so every step here counts); None where the kernel does not apply.
         out = fused_prefill(query, key, value, state.modes, cfg, scale)
-    if out is not None:
-        pass
-    elif training:
-        masks = masks or ModeMasks(attention_mask, query, key, scale, cfg)
-        # Training: both modes run; the straight-through r mixes them so gradients reach the router.
-        out_full = attention(query, key, value, masks[MODE_IDS[cfg.retrieval_mode]], scale, rt.backend)
-        out_sparse = attention(query, key, value, masks[MODE_IDS[cfg.sparse_mode]], scale, rt.backend)
-        r = state.decisions.repeat_interleave(hq // rt.kv_heads, dim=1)[:, :, None, None].to(query.dtype)
-        out = r * out_sparse + (1 - r) * out_full
-    elif state.possible_modes == (FA,) and plain_causal:
-        # Every head full (forced), nothing padded: the causal SDPA call every path below makes, and nothing else.
-        out = attention(query, key, value, None, scale, rt.backend)
-    elif (prefill and sq == key.shape[2] and query.is_cuda and rt.backend == "sdpa"
-          and rt.fast_prefill and not rt.capture_last_row
-          and kwargs.get("sliding_window") is None and fast_prefill_supported(query, key)):
-        # CUDA prefill: all heads from the decisions in fused kernels; density computed analytically.
-        pad = None if plain_causal else masks.allowed[:, 0, -1, :]  # last row = real keys
-        if lazy_density:
-            out = hybrid_prefill(query, key, value, state.modes, cfg, scale, possible_modes=state.possible_modes)
-        else:
-            out, state.density = hybrid_prefill(query, key, value, state.modes, cfg, scale, key_padding=pad,
-                                                return_density=True, possible_modes=state.possible_modes)
-    else:
-        # Unpadded prefill off the fused path (the CPU): SSA heads on key bands, O(s * (sink + local)),
-        # FA heads by causal SDPA, so no dense mask is built unless an XA head needs one.
-        masks = masks or ModeMasks(attention_mask, query, key, scale, cfg)
-        banded = (prefill and sq == key.shape[2] and plain_causal and rt.backend == "sdpa"
-                  and not rt.capture_last_row)
-        out = hybrid_attention(query, key, value, state.modes, masks, scale, rt.backend,
-                               ssa_window=(cfg.sink, cfg.local) if banded else None)
+    if out is None:
+        masks = masks if masks is not None else ModeMasks(attention_mask, query, key, scale, cfg)
+        out = _attend(state, query, key, value, masks, scale, prefill, fast, lazy_density, training)
     if prefill and not state.density_set:
         if lazy_density:
             state.density_when_read(state.modes, sq, cfg)
         else:
-            masks = masks or ModeMasks(attention_mask, query, key, scale, cfg)
             state.density = masks.density(state.modes, state.possible_modes)
     if rt.capture_last_row:
-        masks = masks or ModeMasks(attention_mask, query, key, scale, cfg)
         state.last_row = _last_row_probs(query, key, head_masks(state.modes, masks.allowed, query, key, scale, cfg),
                                          scale)
     if cache is not None:
         cache.compact(state.modes, None if plain_causal else valid_keys(masks.allowed))
     return out.transpose(1, 2).contiguous(), None
+
+
+def _attend(state: LayerState, query, key, value, masks: ModeMasks, scale: float, prefill: bool, fast: bool,
+            lazy_density: bool, training: bool) -> torch.Tensor:
+    """The attention of every path but the fused lane: training, all heads full, the CUDA hybrid prefill
+    (which sets the density when it is not computed when read), and the CPU / masked path."""
+    rt, cfg = state.runtime, state.runtime.config
+    if training:
+        # Both modes run; the straight-through r mixes them so gradients reach the router.
+        out_full = attention(query, key, value, masks[MODE_IDS[cfg.retrieval_mode]], scale, rt.backend)
+        out_sparse = attention(query, key, value, masks[MODE_IDS[cfg.sparse_mode]], scale, rt.backend)
+        r = state.decisions.repeat_interleave(query.shape[1] // rt.kv_heads, dim=1)[:, :, None, None].to(query.dtype)
+        return r * out_sparse + (1 - r) * out_full
+    if state.possible_modes == (FA,) and masks.plain_causal:
+        # Every head full (forced), nothing padded: the causal SDPA call every path below makes, and nothing else.
+        return attention(query, key, value, None, scale, rt.backend)
+    if fast and fast_prefill_supported(query, key):
+        # CUDA prefill: all heads from the decisions in fused kernels; density computed analytically.
+        if lazy_density:
+            return hybrid_prefill(query, key, value, state.modes, cfg, scale, possible_modes=state.possible_modes)
+        pad = None if masks.plain_causal else masks.allowed[:, 0, -1, :]  # last row = real keys
+        out, state.density = hybrid_prefill(query, key, value, state.modes, cfg, scale, key_padding=pad,
+                                            return_density=True, possible_modes=state.possible_modes)
+        return out
+    # Unpadded prefill off the fused path (the CPU): SSA heads on key bands, O(s * (sink + local)),
+    # FA heads by causal SDPA, so no dense mask is built unless an XA head needs one.
+    banded = (prefill and query.shape[2] == key.shape[2] and masks.plain_causal and rt.backend == "sdpa"
+              and not rt.capture_last_row)
+    return hybrid_attention(query, key, value, state.modes, masks, scale, rt.backend,
+                            ssa_window=(cfg.sink, cfg.local) if banded else None)
 
 
 def _elastic_cache_layer(state: LayerState, key: torch.Tensor, new: int, kwargs: dict):
