@@ -6,10 +6,11 @@ Writes benchmarks/results/decode_timeline.json (and $OUT/decode_timeline.json wh
 benchmarks/decode_kernel.py fits a step's time to a fixed cost plus its bytes at a bandwidth (about 12 us +
 bytes at 4.55 TB/s on an H200): this script splits that time. The kernel of attention/kernels/decode.py is
 compiled a second time with `%globaltimer` (ns) stored by every program at: its start (t0), after waiting
-for the kernel before (t1, PDL only), after its chunk of keys (t2), when it finds itself its pair's last chunk
-and starts the merge (t3), after the merge (t4). The source is the shipped kernel's, with the five reads
+for the kernel before (t1, PDL only), after its chunk of keys (t2), when it starts merging (t3: the pair's
+last chunk, or one of its last MERGE_SLICES once the last is in), after its share of the merge (t4). The source is the shipped kernel's, with the five reads
 inserted (nothing else changes), so the timings are the kernel's own. --steps steps of one layout are
-queued behind matmuls (the GPU runs them back to back, as generate.py times them), with and without PDL.
+queued behind matmuls (the GPU runs them back to back, as generate.py times them), with and without PDL,
+and per --slices value (decode.MERGE_SLICES: 1 merges in the last program alone).
 
 Per layout and setting, medians over the steps (us): span (the first program past its wait to the last
 one's end), gap (previous step's end to this one's first program past its wait), start spread (first to
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import itertools
 import os
 import statistics
 import sys
@@ -47,8 +49,8 @@ def timed_kernel():
         ("pid = tl.program_id(0)", "after", 0, "r", "pid"),
         ("if pid < NF * SF:", "before", 1, "r", "pid"),
         ("tl.store(M_W + pid * G + offs_g,", "before", 2, "f", "tl.sum(l_i)"),
-        ("tl.store(ARRIVED + pair, 0)", "after", 3, "r", "pair"),
-        ("tl.store(k_base + slot.to(tl.int64) * HEAD_DIM + offs_d, k1)", "before", 4, "f", "tl.sum(den)"),
+        ("offs_s = tl.arange(0, BLOCK_S)", "before", 3, "r", "pair"),
+        ("tl.store(o_at,", "after", 4, "f", "tl.sum(den)"),
     ]
     lines = src.splitlines()
     for anchor, where, i, c, arg in inserts:
@@ -107,11 +109,12 @@ def main(argv=None):
     ap.add_argument("--seq", type=int, default=131072)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--fa", default="2,3,8", help="FA heads of the 8B layer's 8, one layout each")
+    ap.add_argument("--slices", default=str(decode.MERGE_SLICES), help="values of decode.MERGE_SLICES, e.g. 1,4")
     ap.add_argument("--out", default="benchmarks/results/decode_timeline.json")
     args = ap.parse_args(argv)
     hq, hk, d, sink, local, _ = LAYOUTS["8b"]
     timed = WithClock(timed_kernel())
-    shipped, enabled, pdl_default = decode._decode, launcher.ENABLED, decode.PDL
+    shipped, enabled, pdl_default, slices_default = decode._decode, launcher.ENABLED, decode.PDL, decode.MERGE_SLICES
     launcher.ENABLED = False  # the JIT path on every launch: the handle would leave out the clock buffer
     decode._decode = timed
     base = dict(card=torch.cuda.get_device_name(), date=time.strftime("%Y-%m-%d"), torch=torch.__version__,
@@ -124,8 +127,8 @@ def main(argv=None):
             for n_fa in map(int, args.fa.split(",")):
                 compact, q, k, v = layout(hq, hk, d, sink, local, n_fa, args.seq, 1)
                 step_args = compact.decode_args(q, k, v, d ** -0.5)
-                for pdl in (False, True):
-                    decode.PDL = pdl
+                for pdl, slices in itertools.product((False, True), map(int, args.slices.split(","))):
+                    decode.PDL, decode.MERGE_SLICES = pdl, slices
                     timed.buffer = torch.zeros(1 << 16, 5, dtype=torch.int64, device="cuda")
                     decode.decode_step(*step_args)  # compiles
                     torch.cuda.synchronize()
@@ -137,13 +140,13 @@ def main(argv=None):
                         timed.buffer = clocks[i]
                         decode.decode_step(*step_args)
                     torch.cuda.synchronize()
-                    row = dict(base, n_fa=n_fa, pdl=pdl, programs=parts, **summarise(clocks.cpu()))
+                    row = dict(base, n_fa=n_fa, pdl=pdl, slices=slices, programs=parts, **summarise(clocks.cpu()))
                     rows.append(row)
                     print(" ".join(f"{key}={val:.2f}" if isinstance(val, float) else f"{key}={val}"
                                    for key, val in row.items() if key not in base), flush=True)
                 del compact
     finally:
-        decode._decode, launcher.ENABLED, decode.PDL = shipped, enabled, pdl_default
+        decode._decode, launcher.ENABLED, decode.PDL, decode.MERGE_SLICES = shipped, enabled, pdl_default, slices_default
     save_json(args.out, rows)
 
 

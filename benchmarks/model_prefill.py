@@ -7,7 +7,8 @@ Rows: the default model's shape (30 layers, hidden 576, 9 / 3 heads, d 64) at 8K
 model (hidden 4096, 32 / 8 heads, d 128, intermediate 14336, vocab 128256) with 5 layers (40 KV heads:
 MSR 0.7 = 28 SSA heads) at 32K and 64K. Heads are forced with force_mode(static bool mask). Columns:
 plain SDPA model; attached + fast path at MSR 0.7; attached + fast path forced full (MSR 0, overhead of
-routing + dispatch), and for the default shape attached at MSR 0.7 with every Triton launch through triton's JIT
+routing + dispatch); attached with the routers deciding (random routers whose head biases of +-100 make them
+decide the same 70 % mask: the routing's own cost counted, elastic_routed_ms), and for the default shape attached at MSR 0.7 with every Triton launch through triton's JIT
 (not the compiled handle, kernels/launcher.py), measured in turn over 5 rounds; the host's time of one
 forward (until the call returns), plain and elastic; the host syncs of one forward, plain and elastic;
 attached with the old masked path (fast_prefill off) at MSR 0.7 where memory allows. Also times the router forward (pooling included) against one layer's attention at 32K.
@@ -89,6 +90,15 @@ def host_ms(fn, reps: int = 5) -> float:
     return statistics.median(times)
 
 
+def route_as(model, mask, margin: float = 100.0) -> None:
+    """Make the attached (random) routers decide `mask` [layers, kv] (True = sparse) on any prompt: each
+    head's bias is +-margin, far beyond the MLP's logits. The routers still pool and run their MLP, so a
+    routed forward costs what a trained router's does."""
+    for router, row in zip(ea.routers(model), mask):
+        with torch.no_grad():
+            router.head_bias.copy_(torch.where(row, margin, -margin).to(router.head_bias))
+
+
 def run_model(name, seq, old_path=True, rounds=5, reps=3, jit_row=False):
     """Plain, elastic at MSR 0.7 and elastic forced full, measured in turn over `rounds` rounds (medians of
     the round medians): the host's speed drifts between runs, and a small model at 8K is bound by it."""
@@ -107,12 +117,15 @@ def run_model(name, seq, old_path=True, rounds=5, reps=3, jit_row=False):
             ea.detach(model)
         if kind != "plain" and not attached:
             ea.attach(model, ElasticConfig())
+            route_as(model, mask)
         if kind == "plain":
+            return timed(fwd, reps)
+        if kind == "routed":  # the routers run and decide (the mask, through their head biases)
             return timed(fwd, reps)
         with ea.force_mode(model, "full" if kind == "full" else mask):
             return timed(fwd, reps)
 
-    kinds = {"sdpa_ms": "plain", "elastic_ms": "elastic", "elastic_full_ms": "full"}
+    kinds = {"sdpa_ms": "plain", "elastic_ms": "elastic", "elastic_full_ms": "full", "elastic_routed_ms": "routed"}
     if jit_row:  # the same elastic forward with every Triton launch through triton's JIT (launcher.ENABLED off)
         kinds["elastic_jit_launch_ms"] = "elastic_jit"
     times = {key: [] for key in kinds}
@@ -124,6 +137,13 @@ def run_model(name, seq, old_path=True, rounds=5, reps=3, jit_row=False):
             r[key] = statistics.median(values)
         r["speedup_per_round"] = [p / e for p, e in zip(times["sdpa_ms"], times["elastic_ms"])]
         r["speedup_median_of_rounds"] = statistics.median(r["speedup_per_round"])
+        r["speedup_routed"] = r["sdpa_ms"] / r["elastic_routed_ms"]
+        r["speedup_routed_per_round"] = [p / e for p, e in zip(times["sdpa_ms"], times["elastic_routed_ms"])]
+        run("routed")
+        rt = model.elastic_runtime
+        fwd()
+        decided = torch.stack([state.decisions[0].bool().cpu() for state in rt.layers])
+        r["routed_matches_mask"] = bool(torch.equal(decided, mask))
         run("plain")
         r["host_ms_plain"] = host_ms(fwd)
         r["host_syncs_plain"] = host_syncs(fwd)

@@ -389,6 +389,7 @@ cases = [  # b, hk, groups, prompt, d, sink, local, steps, modes
     (1, 2, 2, 30, 16, 4, 8, 3, [[FA, FA]]),
     (2, 2, 1, 90, 16, 4, 8, 3, [[FA, SSA], [SSA, SSA]]),  # one query head a KV head (no GQA)
     (1, 2, 2, 700, 16, 4, 8, 3, [[FA, SSA]]),  # 6 FA chunks, merged over 3 loads
+    (1, 2, 4, 600, 64, 4, 8, 3, [[SSA, FA]]),  # head_dim 64: the merge walks 4 slices of it
 ]
 # and one key whose score is hundreds above every other (and the new token's): its chunk dominates the merge
 for (b, hk, g, s, d, sink, local, steps, modes), spike in [(c, 1.0) for c in cases] + [(cases[6], 40.0)]:
@@ -438,6 +439,19 @@ def test_decode_chunks_cover_the_keys_within_the_program_budget():
         if chunk - block_n >= max(dec.MIN_CHUNK, -(-longest // dec.MAX_CHUNKS)):  # a shorter chunk was possible:
             shorter = chunk - block_n  # it had to make too many programs
             assert n_fa * -(-fa_len // shorter) + n_ssa * -(-ssa_len // shorter) > max(programs, n_fa + n_ssa)
+
+
+def test_decode_merge_is_shared_only_when_the_launch_is_one_wave(monkeypatch):
+    """The last arrivals wait for their pair's other chunks only where those all run at once: on a GPU, with
+    at most one program an SM. The interpreter (programs one by one) and larger launches merge alone."""
+    dec = cache_module.decode
+    monkeypatch.setattr(dec, "_sm_count", lambda device: 132)
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert dec._merge_split(gpu, 128, 128) == (4, True)
+    assert dec._merge_split(gpu, 132, 64) == (4, True)
+    assert dec._merge_split(gpu, 133, 128) == (1, False)
+    assert dec._merge_split(gpu, 8, 16) == (1, False)  # head_dim 16: one slice, nothing to share
+    assert dec._merge_split(cpu, 128, 128) == (4, False)
 
 
 def test_decode_kernel_only_where_it_applies():

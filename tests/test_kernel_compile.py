@@ -81,6 +81,8 @@ def decode_launch(monkeypatch, capability, hq, hk, d, fa_heads, seq, sink, local
     rows = torch.zeros(hk, dtype=torch.int32)
     heads = torch.arange(hk, dtype=torch.int32)
     monkeypatch.setattr(decode, "_sm_count", lambda device: 132)
+    split = decode._merge_split  # as on the GPU: one wave, so the last arrivals share the merge
+    monkeypatch.setattr(decode, "_merge_split", lambda device, parts, d: split(torch.device("cuda"), parts, d))
     return record(monkeypatch, decode, "_decode", lambda: decode.decode_step(
         bf16(1, hq, 1, d), bf16(1, hk, 1, d), bf16(1, hk, 1, d), bf16(fa_heads, seq + 8, d),
         bf16(fa_heads, seq + 8, d), seq, bf16(n_ssa, width, d), bf16(n_ssa, width, d), width, sink, rows, heads,
@@ -124,6 +126,8 @@ def test_kernel_compiles_for_the_gpu(monkeypatch, name, capability):
     kernel, launch = LAUNCHES[name](monkeypatch, capability)
     compiled = compile_launch(kernel, launch, capability)
     assert compiled.asm["cubin"], f"{name}: no cubin for sm_{capability}"
+    if launch[1].get("SPIN"):  # the last arrivals wait for the count's reset
+        assert ".acquire" in compiled.asm["ptx"], f"{name}: waits for its pair's count with no acquire load"
     if launch[1].get("launch_pdl"):  # launched early: the programs wait for the kernel before on the GPU
         assert "griddepcontrol.wait" in compiled.asm["ptx"], f"{name}: launched with PDL but never waits"
     assert compiled.metadata.shared <= TARGETS[capability], (

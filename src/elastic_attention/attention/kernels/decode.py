@@ -13,6 +13,12 @@ new token itself (read from this step's key and value), writes the outputs, and 
 its slot: no chunk of the step reads that slot (FA: past the keys; SSA: skipped). One launch a layer and
 step, because at decode the host's launch cost, not the GPU, sets the pace.
 
+The merge is the step's tail: one program loading a pair's partial results (61 chunks x 4 heads x 128 fp32
+at 128K on an H200) from L2 in rounds, about 5 us of a 44 us layer (benchmarks/decode_timeline.py). When
+the launch is one wave, so every program is resident, the pair's last MERGE_SLICES arrivals share it: each
+merges a slice of head_dim, one round for up to 128 chunks; the last arrival zeroes the pair's count,
+which is what the others wait on.
+
 Every chunk, FA or SSA, has one length, and a launch has at most PROGRAMS_PER_SM programs an SM: the
 programs read about as many bytes each and run as one wave. Sizing the FA and SSA sides apart (as this
 kernel first did) gave 2-3 FA pairs a wave and a half of unequal chunks at 128K, and the step ran at
@@ -41,7 +47,8 @@ except ImportError:  # CPU-only installs
 BLOCK_N = 128  # keys per inner step (fewer for head_dim > 128: a K and a V tile per stage fit in shared memory)
 MIN_CHUNK = 256  # keys per program at least: below it the partial results cost more traffic than they save
 MAX_CHUNKS = 1024  # chunks a pair at most (the merge walks them MERGE at a time)
-MERGE = 16384  # partial results (fp32 values) the merging program loads at once
+MERGE = 16384  # partial results (fp32 values) a merging program loads at once
+MERGE_SLICES = 4  # slices of head_dim a pair's merge splits into (each at least 16 wide)
 PROGRAMS_PER_SM = 1  # programs a launch aims at, per SM: one wave (benchmarks/decode_kernel.py)
 NUM_WARPS, NUM_STAGES = 4, 3
 # Programmatic dependent launch (Hopper and later): a step's launch is processed while the kernel before it
@@ -57,7 +64,8 @@ if HAVE_TRITON:
     def _decode(Q, K1, V1, O, KF, VF, KS, VS, ROWS, HEADS, M_W, L_W, ACC_W, ARRIVED, qk_scale,
                 HK, CAP_F, WIDTH_S, NF, SF, CHUNK_F, LEN_F, SS, CHUNK_S, LEN_S, SLOT_S,
                 G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-                GROUP_P: tl.constexpr, BLOCK_S: tl.constexpr, WAIT: tl.constexpr):
+                GROUP_P: tl.constexpr, BLOCK_S: tl.constexpr, SLICES: tl.constexpr, SPIN: tl.constexpr,
+                WAIT: tl.constexpr):
         pid = tl.program_id(0)
         if WAIT:  # launched early (PDL): every load and store waits for the kernel before to finish
             tl.extra.cuda.gdc_wait()
@@ -123,32 +131,48 @@ if HAVE_TRITON:
         tl.store(L_W + pid * G + offs_g, l_i, mask=g_ok)
         tl.store(ACC_W + (pid * G + offs_g[:, None]) * HEAD_DIM + offs_d[None, :], acc, mask=g_ok[:, None])
 
-        # The pair's last chunk to finish merges them all (acq_rel: it sees every chunk's stores).
-        if tl.atomic_add(ARRIVED + pair, 1) == chunks - 1:
-            tl.store(ARRIVED + pair, 0)  # ready for the next step
-            # All of the group's query heads at once: a load of BLOCK_S chunks x GROUP_P heads a round.
+        # The pair's last chunks to arrive merge them all (acq_rel: an arrival sees the stores of every chunk
+        # counted before it). On a GPU, when the launch is one wave (every program resident at once), the last
+        # SLICES arrivals split the merge along head_dim: the last one resets the count, which tells the others,
+        # waiting for it, that every chunk is in. Otherwise (and in the interpreter, which runs programs one by
+        # one) the last arrival merges every slice itself.
+        later = chunks - 1 - tl.atomic_add(ARRIVED + pair, 1)  # the pair's chunks still to arrive
+        mergers = 1
+        if SPIN:
+            mergers = tl.minimum(chunks, SLICES)
+        if later < mergers:
+            if later == 0:
+                tl.atomic_xchg(ARRIVED + pair, 0, sem="release")  # all in; zero again for the next step
+            waiting = later > 0
+            while waiting:  # the step's other programs all run (one wave): the count reaches zero
+                waiting = tl.atomic_add(ARRIVED + pair, 0, sem="acquire") != 0
+            # All of the group's query heads at once: a load of BLOCK_S chunks x GROUP_P heads x a slice a round.
             offs_s = tl.arange(0, BLOCK_S)
-            den = tl.full([GROUP_P], 1.0, tl.float32)  # its weight exp2(score - top), top its own score so far
-            num = tl.zeros([GROUP_P, HEAD_DIM], tl.float32) + v1.to(tl.float32)[None, :]
-            for c0 in range(0, chunks, BLOCK_S):  # the pair's chunks, merged online
-                part = first + c0 + offs_s
-                ok = (c0 + offs_s < chunks)[:, None] & p_ok[None, :]
-                at = part[:, None] * G + offs_p[None, :]  # [chunks, heads] rows of the partial results
-                m_c = tl.load(M_W + at, mask=ok, other=float("-inf"), cache_modifier=".cg")
-                l_c = tl.load(L_W + at, mask=ok, other=0.0, cache_modifier=".cg")
-                a_c = tl.load(ACC_W + at[:, :, None] * HEAD_DIM + offs_d[None, None, :], mask=ok[:, :, None],
-                              other=0.0, cache_modifier=".cg")
-                new_top = tl.maximum(tl.max(m_c, 0), top)  # finite: the new token's score is
-                w_c = tl.math.exp2(m_c - new_top[None, :])
-                old = tl.math.exp2(top - new_top)
-                den = den * old + tl.sum(l_c * w_c, 0)
-                num = num * old[:, None] + tl.sum(a_c * w_c[:, :, None], 0)
-                top = new_top
-            tl.store(O + (q_row + offs_p[:, None]) * HEAD_DIM + offs_d[None, :],
-                     (num / den[:, None]).to(O.dtype.element_ty), mask=p_ok[:, None])
-            # the new token into its slot: no chunk of this step reads it (FA: past the keys; SSA: skipped)
-            tl.store(k_base + slot.to(tl.int64) * HEAD_DIM + offs_d, k1)
-            tl.store(v_base + slot.to(tl.int64) * HEAD_DIM + offs_d, v1)
+            for sl in range(later, SLICES, mergers):
+                cols = sl * (HEAD_DIM // SLICES) + tl.arange(0, HEAD_DIM // SLICES)
+                best = top  # the largest score so far, per head: the new token's to begin with
+                den = tl.full([GROUP_P], 1.0, tl.float32)  # the new token's weight, exp2(top - best)
+                num = tl.zeros([GROUP_P, HEAD_DIM // SLICES], tl.float32) + \
+                    tl.load(V1 + kv_row * HEAD_DIM + cols).to(tl.float32)[None, :]
+                for c0 in range(0, chunks, BLOCK_S):  # the pair's chunks, merged online
+                    part = first + c0 + offs_s
+                    ok = (c0 + offs_s < chunks)[:, None] & p_ok[None, :]
+                    at = part[:, None] * G + offs_p[None, :]  # [chunks, heads] rows of the partial results
+                    m_c = tl.load(M_W + at, mask=ok, other=float("-inf"), cache_modifier=".cg")
+                    l_c = tl.load(L_W + at, mask=ok, other=0.0, cache_modifier=".cg")
+                    a_c = tl.load(ACC_W + at[:, :, None] * HEAD_DIM + cols[None, None, :], mask=ok[:, :, None],
+                                  other=0.0, cache_modifier=".cg")
+                    new_best = tl.maximum(tl.max(m_c, 0), best)  # finite: the new token's score is
+                    w_c = tl.math.exp2(m_c - new_best[None, :])
+                    old = tl.math.exp2(best - new_best)
+                    den = den * old + tl.sum(l_c * w_c, 0)
+                    num = num * old[:, None] + tl.sum(a_c * w_c[:, :, None], 0)
+                    best = new_best
+                o_at = O + (q_row + offs_p[:, None]) * HEAD_DIM + cols[None, :]
+                tl.store(o_at, (num / den[:, None]).to(O.dtype.element_ty), mask=p_ok[:, None])
+            if later == 0:  # the new token into its slot: no chunk of this step reads it (FA: past the keys; SSA: skipped)
+                tl.store(k_base + slot.to(tl.int64) * HEAD_DIM + offs_d, k1)
+                tl.store(v_base + slot.to(tl.int64) * HEAD_DIM + offs_d, v1)
 
 
 _LAUNCH = Launch(sys.modules[__name__], "_decode")
@@ -169,6 +193,20 @@ def _pdl(device) -> bool:
     if device not in _PDL:
         _PDL[device] = torch.cuda.get_device_capability(device)[0] >= 9
     return _PDL[device]
+
+
+def _merge_split(device, parts: int, d: int) -> tuple[int, bool]:
+    """(slices of head_dim a pair's merge walks, whether the pair's last arrivals take one each).
+
+    Side by side only on a GPU and when the launch is one wave: a program that waits for the pair's other
+    chunks must know they all run already (at most one program an SM, and every SM's program fits). The
+    interpreter runs programs one after another: there the last arrival walks every slice."""
+    slices = max(1, min(MERGE_SLICES, d // 16))
+    if device.type != "cuda":
+        return slices, False
+    if parts <= _sm_count(device):
+        return slices, slices > 1
+    return 1, False
 
 
 def _chunks(fa_len: int, n_fa: int, ssa_len: int, n_ssa: int, programs: int, block_n: int) -> tuple[int, int, int]:
@@ -238,6 +276,7 @@ def decode_step(query, key, value, fa_keys, fa_values, fa_len: int, ssa_keys, ss
     parts = n_fa * sf + n_ssa * ss
     block_g = max(16, triton.next_power_of_2(g))
     group_p = triton.next_power_of_2(g)
+    slices, spin = _merge_split(query.device, parts, d)
     m, lsum, acc, arrived = _workspace(query.device, parts, n_fa + n_ssa, g, d)
     out = torch.empty_like(query)
     pdl = _pdl(query.device)
@@ -246,7 +285,7 @@ def decode_step(query, key, value, fa_keys, fa_values, fa_len: int, ssa_keys, ss
             (scale * 1.4426950408889634,  # base-2 exponent
              hk, fa_keys.shape[1], ssa_keys.shape[1], n_fa, sf, chunk, fa_len, ss, chunk, ssa_len, ssa_slot),
             dict(G=g, HEAD_DIM=d, BLOCK_G=block_g, BLOCK_N=block_n, GROUP_P=group_p,
-                 BLOCK_S=max(1, MERGE // (group_p * d)), WAIT=pdl),
+                 BLOCK_S=max(1, MERGE * slices // (group_p * d)), SLICES=slices, SPIN=spin, WAIT=pdl),
             dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES, launch_pdl=pdl) if pdl else
             dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES))
     return out
