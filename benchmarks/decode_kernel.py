@@ -8,8 +8,8 @@ MSR 0.7 spreads them, and all 8 FA: the full cache under the same kernel; the de
 heads, d 64, sink 64 / local 512, 1 FA head and all 3), batch 1 (and 8), the script builds the layer's
 CompactKV from random keys and times kernels/decode.py's decode_step on it under every setting of
 PROGRAMS_PER_SM x BLOCK_N x num_warps x num_stages x MERGE x PDL x MERGE_SLICES (--grid picks the values; pdl=0,1
-launches without and with programmatic dependent launch; slices=1,4 merges a pair in its last program alone or
-shared by its last 4): GPU time alone
+launches without and with programmatic dependent launch; slices=1,2,4 merges a pair in its last program
+alone or shared by its last 2 or 4): GPU time alone
 (steps queued behind matmuls, cuda_timing.queued_ms; --rounds timings interleaved over the layouts and
 settings, median), and the bandwidth that makes (bytes of the kept keys and values read per step / time).
 Each setting's output is checked against CompactKV's SDPA path (max abs error, bf16).
@@ -46,9 +46,9 @@ LAYOUTS = {  # name: (hq, hk, d, sink, local, FA heads per layout)
 # The full grid of the first run (programs/SM 1-8, block_n 32-128, warps 4/8, stages 2-4) chose 1-2 programs an
 # SM, block_n 64-128, 4 warps and 3-4 stages on every layout: the default grid is that corner, with the merge.
 SETTINGS = dict(programs_per_sm=(1, 2), block_n=(64, 128), num_warps=(4,), num_stages=(3, 4),
-                merge=(2048, 8192, 16384), pdl=(1,), slices=(4,))
+                merge=(2048, 8192, 16384), pdl=(1,), slices=(2,))
 QUICK = dict(programs_per_sm=(1, 2), block_n=(128,), num_warps=(4,), num_stages=(3,), merge=(16384,), pdl=(1,),
-             slices=(4,))
+             slices=(2,))
 
 
 def layout(hq, hk, d, sink, local, n_fa, seq, batch, seed=0):

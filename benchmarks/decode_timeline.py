@@ -49,7 +49,7 @@ def timed_kernel():
         ("pid = tl.program_id(0)", "after", 0, "r", "pid"),
         ("if pid < NF * SF:", "before", 1, "r", "pid"),
         ("tl.store(M_W + pid * G + offs_g,", "before", 2, "f", "tl.sum(l_i)"),
-        ("offs_s = tl.arange(0, BLOCK_S)", "before", 3, "r", "pair"),
+        ("offs_s = tl.arange(0, BLOCK_S)", "before", 3, "r", "waiting.to(tl.int32)"),  # after the wait
         ("tl.store(o_at,", "after", 4, "f", "tl.sum(den)"),
     ]
     lines = src.splitlines()

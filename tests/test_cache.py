@@ -379,6 +379,7 @@ from elastic_attention.attention.masks import FA, SSA
 decode.MIN_CHUNK = decode.BLOCK_N  # small chunks: several per pair at these lengths
 decode.MAX_CHUNKS = 6  # and the cap on chunks a pair reached
 decode.MERGE = 64  # the merge walks a pair's chunks over several loads (1 or 2 chunks a load here)
+decode.MERGE_SLICES = 4  # and head_dim in slices where it is 64 wide
 C.FA_ROOM = 3  # FA buffers run out of room within the steps
 torch.manual_seed(0)
 cases = [  # b, hk, groups, prompt, d, sink, local, steps, modes
@@ -447,11 +448,14 @@ def test_decode_merge_is_shared_only_when_the_launch_is_one_wave(monkeypatch):
     dec = cache_module.decode
     monkeypatch.setattr(dec, "_sm_count", lambda device: 132)
     gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(dec, "MERGE_SLICES", 4)
     assert dec._merge_split(gpu, 128, 128) == (4, True)
-    assert dec._merge_split(gpu, 132, 64) == (4, True)
+    assert dec._merge_split(gpu, 132, 32) == (2, True)  # slices at least 16 wide
     assert dec._merge_split(gpu, 133, 128) == (1, False)
     assert dec._merge_split(gpu, 8, 16) == (1, False)  # head_dim 16: one slice, nothing to share
     assert dec._merge_split(cpu, 128, 128) == (4, False)
+    monkeypatch.setattr(dec, "MERGE_SLICES", 1)
+    assert dec._merge_split(gpu, 128, 128) == (1, False)
 
 
 def test_decode_kernel_only_where_it_applies():

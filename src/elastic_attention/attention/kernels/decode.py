@@ -16,7 +16,7 @@ step, because at decode the host's launch cost, not the GPU, sets the pace.
 The merge is the step's tail: one program loading a pair's partial results (61 chunks x 4 heads x 128 fp32
 at 128K on an H200) from L2 in rounds, about 5 us of a 44 us layer (benchmarks/decode_timeline.py). When
 the launch is one wave, so every program is resident, the pair's last MERGE_SLICES arrivals share it: each
-merges a slice of head_dim, one round for up to 128 chunks; the last arrival zeroes the pair's count,
+merges a slice of head_dim (MERGE values a load, so more chunks a round); the last arrival zeroes the pair's count,
 which is what the others wait on.
 
 Every chunk, FA or SSA, has one length, and a launch has at most PROGRAMS_PER_SM programs an SM: the
@@ -48,7 +48,7 @@ BLOCK_N = 128  # keys per inner step (fewer for head_dim > 128: a K and a V tile
 MIN_CHUNK = 256  # keys per program at least: below it the partial results cost more traffic than they save
 MAX_CHUNKS = 1024  # chunks a pair at most (the merge walks them MERGE at a time)
 MERGE = 16384  # partial results (fp32 values) a merging program loads at once
-MERGE_SLICES = 4  # slices of head_dim a pair's merge splits into (each at least 16 wide)
+MERGE_SLICES = 2  # slices of head_dim a pair's merge splits into, each at least 16 wide (2 measured fastest)
 PROGRAMS_PER_SM = 1  # programs a launch aims at, per SM: one wave (benchmarks/decode_kernel.py)
 NUM_WARPS, NUM_STAGES = 4, 3
 # Programmatic dependent launch (Hopper and later): a step's launch is processed while the kernel before it
