@@ -7,9 +7,10 @@ For each layer layout (an 8B layer: 32 / 8 heads, d 128, sink 128 / local 2048, 
 MSR 0.7 spreads them, and all 8 FA: the full cache under the same kernel; the default model's layer: 9 / 3
 heads, d 64, sink 64 / local 512, 1 FA head and all 3), batch 1 (and 8), the script builds the layer's
 CompactKV from random keys and times kernels/decode.py's decode_step on it under every setting of
-PROGRAMS_PER_SM x BLOCK_N x num_warps x num_stages x MERGE x PDL x MERGE_SLICES (--grid picks the values; pdl=0,1
-launches without and with programmatic dependent launch; slices=1,2,4 merges a pair in its last program
-alone or shared by its last 2 or 4): GPU time alone
+PROGRAMS_PER_SM (a number, or candidates 1/2 that decode._plan picks from per layout) x BLOCK_N x num_warps
+x num_stages x MERGE x PDL x MERGE_SLICES (--grid picks the values; pdl=0,1 launches without and with
+programmatic dependent launch; slices=1,2,4 merges a pair in its last program alone or shared by its last
+2 or 4): GPU time alone
 (steps queued behind matmuls, cuda_timing.queued_ms; --rounds timings interleaved over the layouts and
 settings, median), and the bandwidth that makes (bytes of the kept keys and values read per step / time).
 Each setting's output is checked against CompactKV's SDPA path (max abs error, bf16).
@@ -47,8 +48,8 @@ LAYOUTS = {  # name: (hq, hk, d, sink, local, FA heads per layout)
 # SM, block_n 64-128, 4 warps and 3-4 stages on every layout: the default grid is that corner, with the merge.
 SETTINGS = dict(programs_per_sm=(1, 2), block_n=(64, 128), num_warps=(4,), num_stages=(3, 4),
                 merge=(2048, 8192, 16384), pdl=(1,), slices=(2,))
-QUICK = dict(programs_per_sm=(1, 2), block_n=(128,), num_warps=(4,), num_stages=(3,), merge=(16384,), pdl=(1,),
-             slices=(2,))
+QUICK = dict(programs_per_sm=((1, 2), 1, 2), block_n=(128,), num_warps=(4,), num_stages=(3,), merge=(16384,),
+             pdl=(1,), slices=(2,))
 
 
 def layout(hq, hk, d, sink, local, n_fa, seq, batch, seed=0):
@@ -78,6 +79,13 @@ def apply(setting: dict) -> None:
         setattr(decode, NAMES[key], value)
 
 
+def number(text: str):
+    """A grid value: an int, a float, or candidates "1/2" (a tuple: decode._plan picks one per layout)."""
+    if "/" in text:
+        return tuple(map(number, text.split("/")))
+    return float(text) if "." in text else int(text)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seqs", default="131072")
@@ -85,7 +93,7 @@ def main(argv=None):
     ap.add_argument("--shapes", default="8b,default")
     ap.add_argument("--steps", type=int, default=50, help="steps queued per timing")
     ap.add_argument("--rounds", type=int, default=3, help="timings per layout and setting, interleaved (median)")
-    ap.add_argument("--quick", action="store_true", help="two settings only")
+    ap.add_argument("--quick", action="store_true", help="three settings only: programs an SM as shipped, 1 and 2")
     ap.add_argument("--grid", help='settings to sweep instead, e.g. "programs_per_sm=1,2,4;block_n=32,64,128;'
                     'num_warps=4,8;num_stages=2,3,4;merge=8192" (names left out keep the default grid)')
     ap.add_argument("--out", default="benchmarks/results/decode_kernel.json")
@@ -95,7 +103,7 @@ def main(argv=None):
         key, _, values = part.partition("=")
         if key not in NAMES:
             raise SystemExit(f"--grid: unknown setting {key!r}; use {', '.join(NAMES)}")
-        grid[key] = tuple(float(v) if "." in v else int(v) for v in values.split(","))  # programs_per_sm=0.5
+        grid[key] = tuple(map(number, values.split(",")))  # programs_per_sm=0.5 or 1/2 (decode._plan picks)
     settings = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     default = {key: getattr(decode, name) for key, name in NAMES.items()}
     base = dict(card=torch.cuda.get_device_name(), date=time.strftime("%Y-%m-%d"), torch=torch.__version__,

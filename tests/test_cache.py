@@ -442,6 +442,21 @@ def test_decode_chunks_cover_the_keys_within_the_program_budget():
             assert n_fa * -(-fa_len // shorter) + n_ssa * -(-ssa_len // shorter) > max(programs, n_fa + n_ssa)
 
 
+def test_decode_plan_takes_more_programs_only_where_one_an_sm_is_uneven(monkeypatch):
+    """_plan: one program an SM where the chunks come out even (batch 1: a few FA pairs of long keys), two where
+    many short SSA pairs would leave SMs idle in a wave sized for the FA chunks (batch 8); a number is used as is."""
+    dec = cache_module.decode
+    even = (131072, 2, 2176, 6)  # an 8B layer's FA and SSA pairs at 128K, batch 1
+    uneven = (65536, 16, 2176, 48)  # batch 8 at 64K
+    assert dec._plan(*even, 132, 128) == dec._chunks(*even, 132, 128)
+    assert dec._plan(*uneven, 132, 128) == dec._chunks(*uneven, 264, 128)
+    assert dec._chunks(*uneven, 264, 128) != dec._chunks(*uneven, 132, 128)
+    monkeypatch.setattr(dec, "PROGRAMS_PER_SM", 1)
+    assert dec._plan(*uneven, 132, 128) == dec._chunks(*uneven, 132, 128)
+    monkeypatch.setattr(dec, "PROGRAMS_PER_SM", 0.5)
+    assert dec._plan(*even, 132, 128) == dec._chunks(*even, 66, 128)
+
+
 def test_decode_merge_is_shared_only_when_the_launch_is_one_wave(monkeypatch):
     """The last arrivals wait for their pair's other chunks only where those all run at once: on a GPU, with
     at most one program an SM. The interpreter (programs one by one) and larger launches merge alone."""

@@ -13,16 +13,17 @@ new token itself (read from this step's key and value), writes the outputs, and 
 its slot: no chunk of the step reads that slot (FA: past the keys; SSA: skipped). One launch a layer and
 step, because at decode the host's launch cost, not the GPU, sets the pace.
 
-The merge is the step's tail: one program loading a pair's partial results (61 chunks x 4 heads x 128 fp32
-at 128K on an H200) from L2 in rounds, about 5 us of a 44 us layer (benchmarks/decode_timeline.py). When
-the launch is one wave, so every program is resident, the pair's last MERGE_SLICES arrivals share it: each
-merges a slice of head_dim (MERGE values a load, so more chunks a round); the last arrival zeroes the pair's count,
-which is what the others wait on.
+The merge is the step's tail: one program loading a pair's partial results (61 chunks x 4 heads x 128
+fp32 at 128K on an H200) from L2 in rounds, about 5 us of a 44 us layer (benchmarks/decode_timeline.py).
+When the launch is at most one program an SM, so every program is resident, the pair's last MERGE_SLICES
+arrivals share it: each merges a slice of head_dim (MERGE values a load, so more chunks a round); the
+last arrival zeroes the pair's count, which is what the others wait on.
 
-Every chunk, FA or SSA, has one length, and a launch has at most PROGRAMS_PER_SM programs an SM: the
-programs read about as many bytes each and run as one wave. Sizing the FA and SSA sides apart (as this
-kernel first did) gave 2-3 FA pairs a wave and a half of unequal chunks at 128K, and the step ran at
-about 56 % of the full cache's bandwidth (benchmarks/decode_kernel.py, docs/benchmarks.md).
+Every chunk, FA or SSA, has one length, and a launch has at most PROGRAMS_PER_SM programs an SM (one, or
+two where one an SM loads the SMs unevenly): the programs read about as many bytes each and run as one
+wave. Sizing the FA and SSA sides apart (as this kernel first did) gave 2-3 FA pairs a wave and a half of
+unequal chunks at 128K, and the step ran at about 56 % of the full cache's bandwidth
+(benchmarks/decode_kernel.py, docs/benchmarks.md).
 
 In a full SSA buffer the new token's slot holds the key that has just left the window: the chunks skip
 that slot. Checked against CompactKV's SDPA path in tests (GPU, and on CPU under
@@ -49,7 +50,12 @@ MIN_CHUNK = 256  # keys per program at least: below it the partial results cost 
 MAX_CHUNKS = 1024  # chunks a pair at most (the merge walks them MERGE at a time)
 MERGE = 16384  # partial results (fp32 values) a merging program loads at once
 MERGE_SLICES = 2  # slices of head_dim a pair's merge splits into, each at least 16 wide (2 measured fastest)
-PROGRAMS_PER_SM = 1  # programs a launch aims at, per SM: one wave (benchmarks/decode_kernel.py)
+# Programs a launch aims at, per SM: a number, or candidates that _plan picks from by how evenly they load
+# the SMs. One an SM (one wave) is fastest when the chunks come out even (batch 1: 44 against 53 us for an
+# 8B layer at 128K with 2 FA heads); with many SSA pairs (batch 8) their short programs leave SMs idle in a
+# wave sized for the FA chunks, and two an SM run faster (8B, 64K, 16 FA pairs: 148 against 180 us).
+PROGRAMS_PER_SM = (1, 2)
+UNEVEN = 0.8  # more programs only when they cut the busiest SM's keys below this share of fewer programs'
 NUM_WARPS, NUM_STAGES = 4, 3
 # Programmatic dependent launch (Hopper and later): a step's launch is processed while the kernel before it
 # finishes, and its programs wait on the GPU (griddepcontrol.wait) before their first load, not the host.
@@ -209,6 +215,21 @@ def _merge_split(device, parts: int, d: int) -> tuple[int, bool]:
     return 1, False
 
 
+def _plan(fa_len: int, n_fa: int, ssa_len: int, n_ssa: int, sms: int, block_n: int) -> tuple[int, int, int]:
+    """_chunks' split for the PROGRAMS_PER_SM budget; with candidates, the fewest programs an SM unless more
+    cut the keys of the busiest SM (the even share of the keys, or the longest chunk where chunks are
+    fewer than SMs) below UNEVEN of it."""
+    per_sm = PROGRAMS_PER_SM if isinstance(PROGRAMS_PER_SM, (tuple, list)) else (PROGRAMS_PER_SM,)
+    keys = (n_fa * fa_len if n_fa else 0) + (n_ssa * ssa_len if n_ssa else 0)
+    best = span = None
+    for k in per_sm:
+        split = _chunks(fa_len, n_fa, ssa_len, n_ssa, max(1, int(k * sms)), block_n)
+        busiest = max(keys / sms, split[0])
+        if best is None or busiest < UNEVEN * span:
+            best, span = split, busiest
+    return best
+
+
 def _chunks(fa_len: int, n_fa: int, ssa_len: int, n_ssa: int, programs: int, block_n: int) -> tuple[int, int, int]:
     """(keys a chunk, chunks an FA pair, chunks an SSA pair): one chunk length for both sides, the shortest
     in whole block_ns (at least MIN_CHUNK keys, at most MAX_CHUNKS chunks a pair) whose chunks make at most
@@ -271,8 +292,7 @@ def decode_step(query, key, value, fa_keys, fa_values, fa_len: int, ssa_keys, ss
     if n_ssa == 0:
         ssa_keys, ssa_values = fa_keys, fa_values
     block_n = min(BLOCK_N, max(16, 16384 // d))
-    programs = max(1, int(PROGRAMS_PER_SM * _sm_count(query.device)))  # a fraction of the SMs: fewer, longer chunks
-    chunk, sf, ss = _chunks(fa_len, n_fa, ssa_len, n_ssa, programs, block_n)
+    chunk, sf, ss = _plan(fa_len, n_fa, ssa_len, n_ssa, _sm_count(query.device), block_n)
     parts = n_fa * sf + n_ssa * ss
     block_g = max(16, triton.next_power_of_2(g))
     group_p = triton.next_power_of_2(g)
