@@ -32,6 +32,7 @@ TRITON_INTERPRET=1).
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import torch
@@ -218,30 +219,46 @@ def _merge_split(device, parts: int, d: int) -> tuple[int, bool]:
 def _plan(fa_len: int, n_fa: int, ssa_len: int, n_ssa: int, sms: int, block_n: int) -> tuple[int, int, int]:
     """_chunks' split for the PROGRAMS_PER_SM budget; with candidates, the fewest programs an SM unless more
     cut the keys of the busiest SM (the even share of the keys, or the longest chunk where chunks are
-    fewer than SMs) below UNEVEN of it."""
-    per_sm = PROGRAMS_PER_SM if isinstance(PROGRAMS_PER_SM, (tuple, list)) else (PROGRAMS_PER_SM,)
+    fewer than SMs) below UNEVEN of it. Remembered: at a step, every layer with as many FA pairs asks the
+    same (a step's host time is the pace at decode)."""
+    per_sm = tuple(PROGRAMS_PER_SM) if isinstance(PROGRAMS_PER_SM, (tuple, list)) else (PROGRAMS_PER_SM,)
+    return _plan_for(fa_len, n_fa, ssa_len, n_ssa, sms, block_n, per_sm, UNEVEN, MIN_CHUNK, MAX_CHUNKS)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan_for(fa_len, n_fa, ssa_len, n_ssa, sms, block_n, per_sm, uneven, min_chunk, max_chunks):
     keys = (n_fa * fa_len if n_fa else 0) + (n_ssa * ssa_len if n_ssa else 0)
     best = span = None
     for k in per_sm:
-        split = _chunks(fa_len, n_fa, ssa_len, n_ssa, max(1, int(k * sms)), block_n)
+        split = _chunks(fa_len, n_fa, ssa_len, n_ssa, max(1, int(k * sms)), block_n, min_chunk, max_chunks)
         busiest = max(keys / sms, split[0])
-        if best is None or busiest < UNEVEN * span:
+        if best is None or busiest < uneven * span:
             best, span = split, busiest
     return best
 
 
-def _chunks(fa_len: int, n_fa: int, ssa_len: int, n_ssa: int, programs: int, block_n: int) -> tuple[int, int, int]:
+def _chunks(fa_len: int, n_fa: int, ssa_len: int, n_ssa: int, programs: int, block_n: int,
+            min_chunk: int | None = None, max_chunks: int | None = None) -> tuple[int, int, int]:
     """(keys a chunk, chunks an FA pair, chunks an SSA pair): one chunk length for both sides, the shortest
     in whole block_ns (at least MIN_CHUNK keys, at most MAX_CHUNKS chunks a pair) whose chunks make at most
     `programs` programs, or at most one a pair when the pairs alone are more."""
+    min_chunk = MIN_CHUNK if min_chunk is None else min_chunk
+    max_chunks = MAX_CHUNKS if max_chunks is None else max_chunks
     fa_len, ssa_len = fa_len if n_fa else 0, ssa_len if n_ssa else 0
     count = lambda c: n_fa * -(-fa_len // c) + n_ssa * -(-ssa_len // c)  # noqa: E731
     keys = n_fa * fa_len + n_ssa * ssa_len
     longest = max(fa_len, ssa_len)
-    chunk = max(MIN_CHUNK, min(-(-keys // max(programs, 1)), longest), -(-longest // MAX_CHUNKS))
-    chunk = -(-chunk // block_n) * block_n
-    while count(chunk) > max(programs, n_fa + n_ssa) and chunk < longest:
-        chunk += block_n  # a pair's last chunk may be short: a few steps up at most
+    limit = max(programs, n_fa + n_ssa)
+    lo = -(-max(min_chunk, min(-(-keys // max(programs, 1)), longest), -(-longest // max_chunks)) // block_n)
+    # a chunk of the longest pair's keys (one program a pair) is within the limit; the shortest often is too
+    hi = lo if count(lo * block_n) <= limit else max(lo, -(-longest // block_n))
+    while lo < hi:  # the fewest block_ns within the limit (the count only falls as chunks grow)
+        mid = (lo + hi) // 2
+        if count(mid * block_n) > limit:
+            lo = mid + 1
+        else:
+            hi = mid
+    chunk = lo * block_n
     return chunk, max(1, -(-fa_len // chunk)), max(1, -(-ssa_len // chunk))
 
 
