@@ -118,9 +118,7 @@ def run_model(name, seq, old_path=True, rounds=5, reps=3, jit_row=False):
         if kind != "plain" and not attached:
             ea.attach(model, ElasticConfig())
             route_as(model, mask)
-        if kind == "plain":
-            return timed(fwd, reps)
-        if kind == "routed":  # the routers run and decide (the mask, through their head biases)
+        if kind in ("plain", "routed"):  # routed: the routers decide (the mask, through their head biases)
             return timed(fwd, reps)
         with ea.force_mode(model, "full" if kind == "full" else mask):
             return timed(fwd, reps)
@@ -139,8 +137,7 @@ def run_model(name, seq, old_path=True, rounds=5, reps=3, jit_row=False):
         r["speedup_median_of_rounds"] = statistics.median(r["speedup_per_round"])
         r["speedup_routed"] = r["sdpa_ms"] / r["elastic_routed_ms"]
         r["speedup_routed_per_round"] = [p / e for p, e in zip(times["sdpa_ms"], times["elastic_routed_ms"])]
-        run("routed")
-        rt = model.elastic_runtime
+        rt = model.elastic_runtime  # still attached after the rounds, its routers deciding outside force_mode
         fwd()
         decided = torch.stack([state.decisions[0].bool().cpu() for state in rt.layers])
         r["routed_matches_mask"] = bool(torch.equal(decided, mask))
